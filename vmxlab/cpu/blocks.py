@@ -1,0 +1,135 @@
+"""Translated basic blocks and their cache (DESIGN.md speed rules 1, 2 and 7).
+
+A :class:`Block` is a run of decoded instructions starting at one physical
+address, each turned into a handler closure once.  Blocks are keyed by
+``physical address << 3 | cpu.mode_key`` so they survive CR3 switches and are
+never reused across 16/32-bit code or stack sizes.
+
+Self-modifying code: every physical page a block was decoded from is in
+``memory.code_pages``; stores into those pages never hit the fast write path
+(see core.py), and :meth:`BlockCache.invalidate_range` drops exactly the blocks
+whose bytes overlap the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .core import CPU
+
+Handler = Callable[["CPU"], None]
+
+
+class Block:
+    """One translated block.
+
+    ``eips[i]`` is the EIP of instruction i (a fault there is reported with it);
+    ``end_eip`` is the fall-through EIP.  ``instrs`` keeps the decoded iced
+    instructions for disassembly in traces and for the hot-block compiler.
+    """
+
+    __slots__ = ("pa", "key", "ops", "eips", "n", "end_eip", "instrs", "ranges", "hits", "fast",
+                 "valid", "page2_la", "page2_pa", "nbytes")
+
+    def __init__(self, pa: int, key: int) -> None:
+        self.pa = pa
+        self.key = key
+        self.ops: list[Handler] = []
+        self.eips: list[int] = []
+        self.instrs: list = []
+        self.n = 0
+        self.end_eip = 0
+        self.nbytes = 0
+        #: physical byte ranges [start, end) the block was decoded from (two when it crosses a page)
+        self.ranges: list[tuple[int, int]] = []
+        self.hits = 0
+        #: compiled fast version (codegen.py), or None
+        self.fast = None
+        self.valid = True
+        #: for a block whose last instruction crosses into the next page: that page's linear/physical
+        self.page2_la: int | None = None
+        self.page2_pa: int | None = None
+
+    def overlaps(self, pa: int, size: int) -> bool:
+        end = pa + size
+        return any(s < end and pa < e for s, e in self.ranges)
+
+    def __repr__(self) -> str:
+        return f"Block(pa={self.pa:#x}, n={self.n}, end_eip={self.end_eip:#x})"
+
+
+class BlockCache:
+    """Blocks by key, plus the reverse map from physical page to blocks for invalidation."""
+
+    def __init__(self, cpu: CPU, max_blocks: int = 65536) -> None:
+        self.cpu = cpu
+        self.memory = cpu.memory
+        self.max_blocks = max_blocks
+        self.blocks: dict[int, Block] = {}
+        self.by_page: dict[int, list[Block]] = {}
+        self.memory.on_code_write = self._on_code_write
+        self.translations = 0
+        self.invalidations = 0
+
+    def get(self, key: int) -> Block | None:
+        return self.blocks.get(key)
+
+    def add(self, blk: Block) -> None:
+        if len(self.blocks) >= self.max_blocks:
+            self.clear()
+        self.blocks[blk.key] = blk
+        new_page = False
+        for start, end in blk.ranges:
+            for page in range(start >> 12, ((end - 1) >> 12) + 1):
+                self.by_page.setdefault(page, []).append(blk)
+                if page not in self.memory.code_pages:
+                    self.memory.code_pages.add(page)
+                    new_page = True
+        if new_page:
+            self.cpu.tlb_drop_writes()
+        self.translations += 1
+
+    def _on_code_write(self, page: int) -> None:
+        """A store outside the CPU (device, loader) touched a code page: drop that page's blocks."""
+        self.invalidate_page(page)
+
+    def invalidate_range(self, pa: int, size: int) -> None:
+        for page in range(pa >> 12, ((pa + size - 1) >> 12) + 1):
+            blocks = self.by_page.get(page)
+            if not blocks:
+                continue
+            hit = [b for b in blocks if b.overlaps(pa, size)]
+            for b in hit:
+                self._drop(b)
+
+    def invalidate_page(self, page: int) -> None:
+        for b in list(self.by_page.get(page, ())):
+            self._drop(b)
+
+    def _drop(self, blk: Block) -> None:
+        if not blk.valid:
+            return
+        blk.valid = False
+        self.invalidations += 1
+        if self.blocks.get(blk.key) is blk:
+            del self.blocks[blk.key]
+        for start, end in blk.ranges:
+            for page in range(start >> 12, ((end - 1) >> 12) + 1):
+                lst = self.by_page.get(page)
+                if lst is not None:
+                    try:
+                        lst.remove(blk)
+                    except ValueError:
+                        pass
+                    if not lst:
+                        del self.by_page[page]
+                        self.memory.code_pages.discard(page)
+
+    def clear(self) -> None:
+        for blk in self.blocks.values():
+            blk.valid = False
+        self.blocks.clear()
+        self.by_page.clear()
+        self.memory.code_pages.clear()

@@ -1,0 +1,1 @@
+"""Placeholder: filled in by the integer-instruction-set work (see issue 2)."""

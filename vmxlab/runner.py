@@ -1,0 +1,171 @@
+"""Build a machine from run options, load an image, run it: the path shared by the CLI, tests and bench.
+
+``vmxlab run`` is a thin layer over :func:`run_image`; tests call it with
+``echo=False`` and read the captured console from the result.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UserError
+from .machine.loaders import EntryState, load_flat, parse_entry
+from .machine.machine import Console, Machine, StopReason, StopRequest
+
+#: CLI exit statuses per stop reason (debug exit uses (v << 1) | 1, always odd; these are even)
+EXIT_STATUS = {
+    StopReason.SHUTDOWN_REQUEST: 0,
+    StopReason.HALTED: 10,
+    StopReason.TRIPLE_FAULT: 12,
+    StopReason.BUDGET: 14,
+    StopReason.RESET: 16,
+    StopReason.VM_EXIT: 18,
+    StopReason.TIMEOUT: 124,
+    StopReason.ERROR: 70,
+}
+
+
+@dataclass
+class RunOptions:
+    image: Path
+    format: str = "auto"  # flat | multiboot | rom | auto
+    load: int | None = None
+    entry: str | None = None
+    stack: int | None = None
+    mem_mib: int = 32
+    max_instructions: int | None = None
+    timeout: float | None = None
+    engine: str = "fast"
+    backend: str = "emu"
+    cmdline: str = ""
+    echo: bool = True
+    wall_clock: bool = False
+    defines: dict[str, str | int] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    stop: StopRequest
+    instructions: int
+    seconds: float
+    console: bytes
+    machine: Machine
+    backend: object
+    entry: EntryState
+
+    @property
+    def mips(self) -> float:
+        return self.instructions / self.seconds / 1e6 if self.seconds > 0 else 0.0
+
+    @property
+    def exit_status(self) -> int:
+        if self.stop.reason == StopReason.DEBUG_EXIT:
+            return self.stop.status & 0xFF
+        return EXIT_STATUS.get(self.stop.reason, 70)
+
+    def summary(self) -> str:
+        s = self.stop
+        detail = f" ({s.detail})" if s.detail else ""
+        post = f", last POST code {self.machine.post_codes[-1]:#04x}" if self.machine.post_codes else ""
+        return (f"{self.instructions} instructions in {self.seconds:.3f} s ({self.mips:.2f} M instr/s), "
+                f"stopped: {s.reason.value}{detail}{post}")
+
+    def as_dict(self) -> dict:
+        d = {
+            "stop_reason": self.stop.reason.value,
+            "stop_detail": self.stop.detail,
+            "exit_status": self.exit_status,
+            "instructions": self.instructions,
+            "seconds": round(self.seconds, 6),
+            "mips": round(self.mips, 3),
+            "console": self.console.decode("utf-8", "replace"),
+            "post_codes": self.machine.post_codes[-16:],
+            "unclaimed_ports": {f"{p:#x}": n for p, n in sorted(self.machine.ports.unclaimed.items())},
+            "backend": getattr(self.backend, "name", "?"),
+        }
+        cpu = getattr(self.backend, "cpu", None)
+        if cpu is not None and hasattr(cpu, "state_dict"):
+            d["final_state"] = cpu.state_dict()
+        return d
+
+
+def resolve_image(path: Path, defines: dict | None = None) -> bytes:
+    """Read an image; a ``.asm`` source is assembled with nasm first."""
+    if not path.exists():
+        raise UserError(f"{path}: no such file")
+    if path.suffix == ".asm":
+        from .assemble import assemble
+
+        path = assemble(path, defines)
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def build_machine(opts: RunOptions) -> Machine:
+    from .devices.board import attach_standard_devices
+
+    if not 1 <= opts.mem_mib <= 3072:
+        raise UserError(f"--mem {opts.mem_mib}: choose between 1 and 3072 MiB")
+    machine = Machine.create(opts.mem_mib, Console(echo=opts.echo), wall_clock=opts.wall_clock)
+    attach_standard_devices(machine)
+    return machine
+
+
+def load_image(machine: Machine, opts: RunOptions, data: bytes) -> EntryState:
+    fmt = opts.format
+    if fmt == "auto":
+        fmt = detect_format(data, opts)
+    if fmt == "flat":
+        addr = opts.load if opts.load is not None else 0x7C00
+        load_flat(machine, data, addr)
+        return parse_entry(opts.entry, addr, opts.stack)
+    if fmt == "multiboot":
+        from .machine.multiboot import load_multiboot
+
+        return load_multiboot(machine, data, opts.cmdline or str(opts.image))
+    if fmt == "rom":
+        from .machine.rom import load_rom
+
+        return load_rom(machine, data)
+    raise UserError(f"--format {fmt}: expected flat, multiboot, rom or auto")
+
+
+def detect_format(data: bytes, opts: RunOptions) -> str:
+    """Multiboot if the header magic is in the first 8 KiB (Multiboot spec 3.1.1), else flat."""
+    import struct
+
+    if opts.load is None and opts.entry is None:
+        for off in range(0, min(len(data), 8192) - 11, 4):
+            magic, flags, checksum = struct.unpack_from("<III", data, off)
+            if magic == 0x1BADB002 and (magic + flags + checksum) & 0xFFFFFFFF == 0:
+                return "multiboot"
+    return "flat"
+
+
+def make_backend(machine: Machine, opts: RunOptions):
+    if opts.backend == "emu":
+        from .backends.emu import EmuBackend
+
+        return EmuBackend(machine, engine=opts.engine)
+    if opts.backend in ("kvm", "auto"):
+        from .backends.select import select_backend
+
+        return select_backend(machine, opts)
+    raise UserError(f"--backend {opts.backend}: expected emu, kvm or auto")
+
+
+def run_image(opts: RunOptions) -> RunResult:
+    data = resolve_image(opts.image, opts.defines)
+    machine = build_machine(opts)
+    entry = load_image(machine, opts, data)
+    backend = make_backend(machine, opts)
+    backend.apply_entry(entry)
+    t0 = time.perf_counter()
+    stop = backend.run(opts.max_instructions, opts.timeout)
+    seconds = time.perf_counter() - t0
+    instructions = getattr(getattr(backend, "cpu", None), "icount", 0)
+    return RunResult(stop, instructions, seconds, bytes(machine.console.captured), machine, backend, entry)
