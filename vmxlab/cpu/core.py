@@ -73,7 +73,9 @@ class CPU:
         self.ram = machine.memory.ram
         self.ram_pages = machine.memory.size >> 12
         machine.clock.icount_fn = lambda: self.icount + self.idle_ticks
-        machine.on_a20_change = lambda _on: self.tlb_flush(all_entries=True)
+        machine.on_a20_change = self._a20_changed
+        machine.on_intr = self._wake
+        machine.on_stop = self._wake
 
         self.regs: list[int] = [0] * 8
         self.eip = 0
@@ -192,6 +194,13 @@ class CPU:
         else:
             self.tlb_r, self.tlb_w, self.tlb_x = self.tlb_sr, self.tlb_sw, self.tlb_sx
         self.a20_mask = M32 if self.machine.a20 else ~(1 << 20) & M32
+
+    def _wake(self) -> None:
+        self.event_pending = True
+
+    def _a20_changed(self, _enabled: bool) -> None:
+        self.tlb_flush(all_entries=True)
+        self.update_mode()
 
     def set_cpl(self, cpl: int) -> None:
         if cpl != self.cpl:

@@ -171,6 +171,11 @@ class Machine:
     post_codes: list[int] = field(default_factory=list)
     #: called after A20 changes so the CPU can flush its TLB
     on_a20_change: Callable[[bool], None] | None = None
+    #: called by the interrupt controller when its INTR output may have changed (the CPU
+    #: then looks at ``intc.intr`` at the next instruction boundary)
+    on_intr: Callable[[], None] | None = None
+    #: called when a device requests a stop, so the CPU stops at the next instruction boundary
+    on_stop: Callable[[], None] | None = None
 
     @classmethod
     def create(cls, mem_mib: int = 32, console: Console | None = None, wall_clock: bool = False) -> Machine:
@@ -191,6 +196,13 @@ class Machine:
     def request_stop(self, reason: StopReason, status: int = 0, detail: str = "") -> None:
         if self.stop is None:  # the first request wins
             self.stop = StopRequest(reason, status, detail)
+            if self.on_stop is not None:
+                self.on_stop()
+
+    def notify_intr(self) -> None:
+        """For interrupt controllers: the INTR line changed."""
+        if self.on_intr is not None:
+            self.on_intr()
 
     def set_a20(self, enabled: bool) -> None:
         if enabled != self.a20:
