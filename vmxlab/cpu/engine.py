@@ -108,7 +108,7 @@ class Engine:
             cpu.eip = blk.end_eip
             if fast is not None:
                 try:
-                    cpu.icount += fast(cpu)
+                    cpu.icount += fast(cpu, next_check - cpu.icount)
                 except CpuFault as f:
                     self.exception(f)
                 except CodeModified:

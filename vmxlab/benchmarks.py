@@ -1,0 +1,106 @@
+"""``vmxlab bench``: the speed and memory measurements behind the README's tables.
+
+Each benchmark is a NASM guest in bench/ run to completion; the table shows
+guest instructions per second.  Targets come from the issues and are printed
+next to the figures, never asserted in tests (timings belong here, not in
+tests: DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .machine.machine import StopReason
+from .runner import RunOptions, run_image
+
+BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
+
+
+@dataclass
+class Bench:
+    name: str
+    description: str
+    source: str
+    iterations: int
+    quick_iterations: int
+    target_mips: float | None = None
+    engine: str = "fast"
+    extra: Callable[[argparse.Namespace], dict] | None = None
+
+
+BENCHES: list[Bench] = [
+    Bench("alu-mem-pm32", "ALU+memory loop, 32-bit PM, paging off, ring 0", "alu_mem_pm32.asm",
+          2_000_000, 300_000, target_mips=5.0),
+    Bench("alu-mem-pm32-interp", "the same loop on the interp engine (closures only)", "alu_mem_pm32.asm",
+          300_000, 50_000, engine="interp"),
+    Bench("alu-mem-ring3-paging", "ALU+memory loop, ring 3, 32-bit paging on", "alu_mem_ring3.asm",
+          2_000_000, 300_000, target_mips=25.0),
+]
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    impl = platform.python_implementation()
+    return f"{impl} {platform.python_version()} on {cpu}, {os.cpu_count()} CPUs"
+
+
+def run_bench(b: Bench, quick: bool) -> dict:
+    iters = b.quick_iterations if quick else b.iterations
+    opts = RunOptions(image=BENCH_DIR / b.source, format="flat", load=0x100000, entry="pm32:0x100000",
+                      echo=False, engine=b.engine, defines={"ITER": iters}, max_instructions=10**10)
+    t0 = time.perf_counter()
+    result = run_image(opts)
+    wall = time.perf_counter() - t0
+    ok = result.stop.reason == StopReason.DEBUG_EXIT
+    return {
+        "name": b.name, "description": b.description, "instructions": result.instructions,
+        "seconds": round(result.seconds, 4), "mips": round(result.mips, 2), "target_mips": b.target_mips,
+        "ok": ok, "stop": result.stop.reason.value, "wall_with_setup": round(wall, 3),
+    }
+
+
+def format_table(rows: list[dict]) -> str:
+    head = f"{'benchmark':<24} {'instructions':>13} {'seconds':>8} {'M instr/s':>10} {'target':>8}  result"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        target = f">= {r['target_mips']:g}" if r.get("target_mips") else ""
+        status = "ok" if r["ok"] else f"FAILED ({r['stop']})"
+        if r["ok"] and r.get("target_mips"):
+            status = "meets target" if r["mips"] >= r["target_mips"] else "below target"
+        lines.append(f"{r['name']:<24} {r['instructions']:>13,} {r['seconds']:>8.3f} {r['mips']:>10.2f} "
+                     f"{target:>8}  {status}")
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    chosen = [b for b in BENCHES if not args.names or b.name in args.names]
+    if not chosen:
+        print(f"vmxlab bench: no benchmark named {' '.join(args.names)}; have: "
+              f"{', '.join(b.name for b in BENCHES)}", file=sys.stderr)
+        return 2
+    rows = []
+    for b in chosen:
+        rows.append(run_bench(b, args.quick))
+        if not args.json:
+            print(f"  ran {b.name}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"machine": machine_description(), "results": rows}, indent=2))
+    else:
+        print(f"machine: {machine_description()}")
+        print(format_table(rows))
+    return 0 if all(r["ok"] for r in rows) else 1
