@@ -43,6 +43,10 @@ class RunOptions:
     echo: bool = True
     wall_clock: bool = False
     defines: dict[str, str | int] = field(default_factory=dict)
+    trace_path: Path | None = None
+    trace_format: str = "jsonl"  # jsonl | chrome
+    trace_kinds: list[str] | None = None
+    show: bool = False
 
 
 @dataclass
@@ -158,14 +162,47 @@ def make_backend(machine: Machine, opts: RunOptions):
     raise UserError(f"--backend {opts.backend}: expected emu, kvm or auto")
 
 
+def make_tracer(opts: RunOptions, backend):
+    """A tracer with the sinks the options ask for, attached to the backend's CPU (None: no tracing)."""
+    if opts.trace_path is None and not opts.show:
+        return None
+    from .trace.events import Tracer
+    from .trace.sinks import ChromeTraceSink, JsonLinesSink, LiveSink
+
+    sinks = []
+    if opts.trace_path is not None:
+        if opts.trace_format == "chrome":
+            sinks.append(ChromeTraceSink(opts.trace_path))
+        elif opts.trace_format == "jsonl":
+            sinks.append(JsonLinesSink(opts.trace_path))
+        else:
+            raise UserError(f"--trace-format {opts.trace_format}: expected jsonl or chrome")
+    if opts.show:
+        sinks.append(LiveSink())
+    kinds = opts.trace_kinds
+    if opts.show and kinds is None:
+        kinds = ["ring", "exception", "vm-entry", "vm-exit", "vm-entry-failure", "stop", "note"]
+    tracer = Tracer(sinks, kinds)
+    attach = getattr(backend, "attach_tracer", None)
+    if attach is not None:
+        attach(tracer)
+    else:
+        tracer.attach(backend.cpu)
+    return tracer
+
+
 def run_image(opts: RunOptions) -> RunResult:
     data = resolve_image(opts.image, opts.defines)
     machine = build_machine(opts)
     entry = load_image(machine, opts, data)
     backend = make_backend(machine, opts)
     backend.apply_entry(entry)
+    tracer = make_tracer(opts, backend)
     t0 = time.perf_counter()
     stop = backend.run(opts.max_instructions, opts.timeout)
     seconds = time.perf_counter() - t0
+    if tracer is not None:
+        tracer.emit("stop", reason=stop.reason.value, detail=stop.detail)
+        tracer.close()
     instructions = getattr(getattr(backend, "cpu", None), "icount", 0)
     return RunResult(stop, instructions, seconds, bytes(machine.console.captured), machine, backend, entry)

@@ -28,6 +28,12 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="emu: the software CPU; kvm: /dev/kvm; auto: kvm when usable")
     p.add_argument("--cmdline", default="", help="multiboot command line")
     p.add_argument("--wall-clock", action="store_true", help="drive timers from host time, not instruction count")
+    p.add_argument("--trace", type=Path, metavar="FILE", help="write every event to FILE")
+    p.add_argument("--trace-format", default="jsonl", choices=["jsonl", "chrome"],
+                   help="jsonl (one JSON object per line) or chrome (open in Perfetto / chrome://tracing)")
+    p.add_argument("--trace-kinds", metavar="K1,K2", help="only these event kinds (ring, exception, fault, "
+                   "page-fault, vm-entry, vm-exit, vm-entry-failure, io, mmio, stop)")
+    p.add_argument("--show", action="store_true", help="print ring/mode changes and exits as they happen")
     p.add_argument("-D", dest="defines", action="append", default=[], metavar="NAME=VALUE",
                    help="nasm define when IMAGE is a .asm source")
 
@@ -44,6 +50,8 @@ def options_from_args(args: argparse.Namespace, echo: bool = True) -> RunOptions
         mem_mib=args.mem, max_instructions=args.max_instructions, timeout=args.timeout,
         engine=args.engine, backend=args.backend, cmdline=args.cmdline, echo=echo,
         wall_clock=args.wall_clock, defines=defines,
+        trace_path=args.trace, trace_format=args.trace_format,
+        trace_kinds=args.trace_kinds.split(",") if args.trace_kinds else None, show=args.show,
     )
 
 

@@ -1,0 +1,153 @@
+"""The event stream: what happened, when (instruction count), where (EIP), at which ring and VMX mode.
+
+Every layer reports through one :class:`Tracer` hung on ``cpu.trace`` (None =
+tracing off: each report site costs one attribute test, see bench).  Events are
+plain dicts so they serialise to JSON Lines unchanged:
+
+``{"kind": "vm-exit", "icount": 1234, "eip": 4096, "cpl": 0, "vmx": "non-root", ...}``
+
+Kinds:
+* ``ring``       CPL changed (``from``, ``to``)
+* ``exception``  an exception or interrupt is delivered (``vector``, ``name``, ``error_code``, ``event``
+                 = external/nmi/hardware-exception/software-interrupt/..., ``from_cpl``)
+* ``fault``      an instruction raised a fault (``vector``, ``error_code``, ``detail``) -- before delivery
+* ``page-fault`` #PF details (``cr2``, ``error_code`` decoded)
+* ``vm-entry``   VMLAUNCH/VMRESUME entered the guest (``launch``)
+* ``vm-exit``    a VM exit (``reason``, ``reason_name``, ``qualification``, ``fields`` decoded, ``guest``)
+* ``vm-entry-failure`` the entry failed (``error`` or ``reason``, ``check``, ``field``, ``value``, ``sdm``)
+* ``io``         port I/O (``port``, ``size``, ``dir``, ``value``, ``claimed``)
+* ``mmio``       an MMIO access (``addr``, ``size``, ``dir``, ``value``)
+* ``stop``       the run ended (``reason``, ``detail``)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from ..cpu.faults import MNEMONICS
+
+if TYPE_CHECKING:
+    from ..cpu.core import CPU
+
+KINDS = ("ring", "exception", "fault", "page-fault", "vm-entry", "vm-exit", "vm-entry-failure", "io", "mmio",
+         "stop", "note")
+
+EVENT_KIND_NAMES = {0: "external", 2: "nmi", 3: "hardware-exception", 4: "software-interrupt",
+                    5: "privileged-software-exception", 6: "software-exception"}
+
+Sink = Callable[[dict], None]
+
+
+def pf_error_code_fields(code: int) -> dict[str, Any]:
+    """#PF error code split into the SDM's named bits (SDM Vol.3A 4.7, Figure 4-12)."""
+    return {
+        "present": bool(code & 1), "write": bool(code & 2), "user": bool(code & 4),
+        "reserved_bit": bool(code & 8), "instruction_fetch": bool(code & 16),
+    }
+
+
+def selector_error_code_fields(code: int) -> dict[str, Any]:
+    """A selector error code (SDM Vol.3A 6.13, Figure 6-6): EXT, IDT, TI, index."""
+    return {"ext": bool(code & 1), "idt": bool(code & 2), "ti": bool(code & 4), "index": code >> 3}
+
+
+class Tracer:
+    """Collects events from the CPU, the VMX layer, the VMM and the buses and hands them to sinks."""
+
+    def __init__(self, sinks: Iterable[Sink] = (), kinds: Iterable[str] | None = None) -> None:
+        self.sinks = list(sinks)
+        self.kinds = set(kinds) if kinds is not None else set(KINDS)
+        unknown = self.kinds - set(KINDS)
+        if unknown:
+            from ..errors import UserError
+
+            raise UserError(f"unknown trace kind(s) {', '.join(sorted(unknown))}; choose from {', '.join(KINDS)}")
+        self.cpu: CPU | None = None
+        self.count = 0
+        self.by_kind: dict[str, int] = {}
+        self._last_cpl = 0
+
+    def attach(self, cpu: CPU) -> None:
+        self.cpu = cpu
+        cpu.trace = self
+        self._last_cpl = cpu.cpl
+        ports = cpu.machine.ports
+        if "io" in self.kinds:
+            ports.on_access = self._io
+
+    # ------------------------------------------------------------------ core
+
+    def vmx_mode(self) -> str:
+        cpu = self.cpu
+        if cpu is None or cpu.vmx is None:
+            return "none"
+        return "non-root"
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
+        if kind not in self.kinds:
+            return
+        cpu = self.cpu
+        ev: dict[str, Any] = {"kind": kind}
+        if cpu is not None:
+            ev["icount"] = cpu.icount
+            ev["eip"] = cpu.eip
+            ev["cs"] = cpu.segs[1].selector
+            ev["cpl"] = cpu.cpl
+            ev["vmx"] = fields.pop("vmx", None) or self.vmx_mode()
+        ev.update(fields)
+        self.count += 1
+        for sink in self.sinks:
+            sink(ev)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            close = getattr(sink, "close", None)
+            if close is not None:
+                close()
+
+    # ------------------------------------------------------------------ report sites
+
+    def check_ring(self, cpu: CPU) -> None:
+        """Called by CPU.update_mode: emit a ring event when the CPL changed."""
+        if cpu.cpl != self._last_cpl:
+            old, self._last_cpl = self._last_cpl, cpu.cpl
+            self.emit("ring", **{"from": old, "to": cpu.cpl})
+
+    def event_delivery(self, cpu: CPU, vector: int, error_code: int | None, kind: int, return_eip: int) -> None:
+        fields: dict[str, Any] = {
+            "vector": vector, "name": MNEMONICS.get(vector, f"INT {vector:#x}" if kind == 4 else f"IRQ vector {vector}"),
+            "event": EVENT_KIND_NAMES.get(int(kind), str(kind)), "error_code": error_code,
+            "return_eip": return_eip, "from_cpl": cpu.cpl,
+        }
+        if kind == 4:
+            fields["name"] = f"INT {vector:#x}"
+        if error_code is not None:
+            fields["error_fields"] = (pf_error_code_fields(error_code) if vector == 14
+                                      else selector_error_code_fields(error_code))
+        self.emit("exception", **fields)
+
+    def fault(self, cpu: CPU, f: Any) -> None:
+        self.emit("fault", vector=f.vector, name=MNEMONICS.get(f.vector, str(f.vector)), error_code=f.error_code,
+                  detail=f.detail)
+        if f.vector == 14 and f.cr2 is not None:
+            self.emit("page-fault", cr2=f.cr2, error_code=f.error_code,
+                      error_fields=pf_error_code_fields(f.error_code or 0))
+
+    def _io(self, port: int, size: int, is_write: bool, value: int) -> None:
+        claimed = self.cpu.machine.ports.device_at(port) is not None if self.cpu else True
+        self.emit("io", port=port, size=size, dir="out" if is_write else "in", value=value, claimed=claimed)
+
+
+class ListSink:
+    """Keeps events in memory (tests, the HTML report, explain)."""
+
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+
+    def __call__(self, ev: dict) -> None:
+        self.events.append(ev)
+
+    def of(self, kind: str) -> list[dict]:
+        return [e for e in self.events if e["kind"] == kind]
