@@ -43,6 +43,8 @@ class RunOptions:
     echo: bool = True
     wall_clock: bool = False
     defines: dict[str, str | int] = field(default_factory=dict)
+    #: attach the host terminal to COM1 (raw mode, input thread) when stdin is a terminal
+    serial_stdin: bool = False
     trace_path: Path | None = None
     trace_format: str = "jsonl"  # jsonl | chrome
     trace_kinds: list[str] | None = None
@@ -130,7 +132,8 @@ def load_image(machine: Machine, opts: RunOptions, data: bytes) -> EntryState:
     if fmt == "multiboot":
         from .machine.multiboot import load_multiboot
 
-        return load_multiboot(machine, data, opts.cmdline or str(opts.image))
+        # QEMU passes "<kernel path> <-append text>" as the multiboot command line
+        return load_multiboot(machine, data, f"{opts.image} {opts.cmdline}")
     if fmt == "rom":
         from .machine.rom import load_rom
 
@@ -139,14 +142,11 @@ def load_image(machine: Machine, opts: RunOptions, data: bytes) -> EntryState:
 
 
 def detect_format(data: bytes, opts: RunOptions) -> str:
-    """Multiboot if the header magic is in the first 8 KiB (Multiboot spec 3.1.1), else flat."""
-    import struct
+    """Multiboot if a valid header is in the first 8 KiB (Multiboot spec 3.1.1), else flat."""
+    from .machine.multiboot import find_header
 
-    if opts.load is None and opts.entry is None:
-        for off in range(0, min(len(data), 8192) - 11, 4):
-            magic, flags, checksum = struct.unpack_from("<III", data, off)
-            if magic == 0x1BADB002 and (magic + flags + checksum) & 0xFFFFFFFF == 0:
-                return "multiboot"
+    if opts.load is None and opts.entry is None and find_header(data) is not None:
+        return "multiboot"
     return "flat"
 
 
@@ -198,8 +198,16 @@ def run_image(opts: RunOptions) -> RunResult:
     backend = make_backend(machine, opts)
     backend.apply_entry(entry)
     tracer = make_tracer(opts, backend)
+    uart = machine.devices.get("com1") if opts.serial_stdin else None
+    if uart is not None:
+        # host stdin -> COM1 when it is a terminal; Ctrl-A x quits
+        machine.input_attached = uart.attach_terminal()
     t0 = time.perf_counter()
-    stop = backend.run(opts.max_instructions, opts.timeout)
+    try:
+        stop = backend.run(opts.max_instructions, opts.timeout)
+    finally:
+        if uart is not None:
+            uart.detach_terminal()
     seconds = time.perf_counter() - t0
     if tracer is not None:
         tracer.emit("stop", reason=stop.reason.value, detail=stop.detail)

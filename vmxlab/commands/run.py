@@ -28,6 +28,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="emu: the software CPU; kvm: /dev/kvm; auto: kvm when usable")
     p.add_argument("--cmdline", default="", help="multiboot command line")
     p.add_argument("--wall-clock", action="store_true", help="drive timers from host time, not instruction count")
+    p.add_argument("--serial", choices=["none", "stdio"], default="none",
+                   help="stdio: the host terminal becomes COM1's keyboard (raw mode; Ctrl-A x quits)")
     p.add_argument("--trace", type=Path, metavar="FILE", help="write every event to FILE")
     p.add_argument("--trace-format", default="jsonl", choices=["jsonl", "chrome"],
                    help="jsonl (one JSON object per line) or chrome (open in Perfetto / chrome://tracing)")
@@ -50,7 +52,7 @@ def options_from_args(args: argparse.Namespace, echo: bool = True) -> RunOptions
         mem_mib=args.mem, max_instructions=args.max_instructions, timeout=args.timeout,
         engine=args.engine, backend=args.backend, cmdline=args.cmdline, echo=echo,
         wall_clock=args.wall_clock, defines=defines,
-        trace_path=args.trace, trace_format=args.trace_format,
+        serial_stdin=args.serial == "stdio", trace_path=args.trace, trace_format=args.trace_format,
         trace_kinds=args.trace_kinds.split(",") if args.trace_kinds else None, show=args.show,
     )
 

@@ -28,7 +28,10 @@ from . import flags as fl
 from .faults import CodeModified, CpuFault, Vector
 from .state import (
     AR_DB,
+    AR_P,
     AR_REAL_CODE,
+    AR_REAL_DATA,
+    AR_UNUSABLE,
     CR0_ET,
     CR0_PE,
     CR0_PG,
@@ -118,6 +121,9 @@ class CPU:
         self.inhibit_pending = False
         #: the last instruction that raised #UD because the model does not implement it (for reports)
         self.last_unmodelled: str | None = None
+        #: a fault raised after the commit point of a task switch (tasks.py): it belongs to the new
+        #: task, so the engine delivers it before the new task's first instruction (SDM Vol.3A 7.3)
+        self.pending_fault: CpuFault | None = None
         self.nmi_pending = False
         self.nmi_blocked = False
         #: something needs the run loop's attention at the next block boundary
@@ -128,6 +134,8 @@ class CPU:
         self.vmx = None
         #: EPT translator used in VMX non-root operation; None = guest-physical is host-physical
         self.ept = None
+        #: (vector, error code, kind, return EIP) of the event interrupts.deliver is delivering, else None
+        self.delivering: tuple | None = None
         #: trace sink (trace/); None = tracing off, which costs one attribute test per event site
         self.trace = None
         #: hooks the VMX layer installs to intercept instructions (name -> predicate); see vmx/
@@ -140,6 +148,9 @@ class CPU:
         self.tlb_uw: dict[int, int] = {}
         self.tlb_ux: dict[int, int] = {}
         self.tlb_global: set[int] = set()
+        #: 2 MiB region number -> (first 4 KiB page, page count) of a 2/4 MiB page the walk has
+        #: translated: the TLB holds large pages as 4 KiB entries, INVLPG must drop all of them
+        self.tlb_large: dict[int, tuple[int, int]] = {}
         self.tlb_r = self.tlb_sr
         self.tlb_w = self.tlb_sw
         self.tlb_x = self.tlb_sx
@@ -173,6 +184,13 @@ class CPU:
         self.efer = 0
         self.cpl = 0
         self.halted = False
+        # SDM Vol.3A 10.1.1 Table 10-1: GDTR/IDTR base 0 limit FFFF, LDTR/TR selector 0 limit FFFF,
+        # DR0-3 = 0, DR6 = FFFF0FF0, DR7 = 400
+        self.gdtr_base, self.gdtr_limit = 0, 0xFFFF
+        self.idtr_base, self.idtr_limit = 0, 0xFFFF
+        self.ldtr.load(0, 0, 0xFFFF, 0x82)
+        self.tr.load(0, 0, 0xFFFF, 0x8B)
+        self.dr[:] = [0, 0, 0, 0, 0, 0, 0xFFFF0FF0, 0x400]
         self.update_mode()
         self.tlb_flush(all_entries=True)
 
@@ -194,6 +212,8 @@ class CPU:
         else:
             self.tlb_r, self.tlb_w, self.tlb_x = self.tlb_sr, self.tlb_sw, self.tlb_sx
         self.a20_mask = M32 if self.machine.a20 else ~(1 << 20) & M32
+        if self.trace is not None:
+            self.trace.check_ring(self)
 
     def _wake(self) -> None:
         self.event_pending = True
@@ -463,18 +483,33 @@ class CPU:
             for t in tlbs:
                 t.clear()
             self.tlb_global.clear()
+            self.tlb_large.clear()
             return
         keep = self.tlb_global
         for t in tlbs:
             for k in [k for k in t if k not in keep]:
                 del t[k]
+        # tlb_large may now name large pages without entries: INVLPG then drops nothing extra
 
     def tlb_flush_page(self, la: int) -> None:
-        """INVLPG: drop every entry for the page of ``la``, global or not (SDM Vol.3A 4.10.4.1)."""
+        """INVLPG: drop every entry for the page of ``la``, global or not (SDM Vol.3A 4.10.4.1).
+
+        For an address inside a 2/4 MiB page that is the whole large page: the
+        processor caches it as one translation, this TLB as many 4 KiB entries.
+        """
         page = (la & M32) >> 12
+        span = self.tlb_large.get(page >> 9)
+        if span is None:
+            pages: range | tuple[int] = (page,)
+        else:
+            pages = range(span[0], span[0] + span[1])
+            for region in range(span[0] >> 9, (span[0] + span[1]) >> 9):
+                self.tlb_large.pop(region, None)
         for t in (self.tlb_sr, self.tlb_sw, self.tlb_sx, self.tlb_ur, self.tlb_uw, self.tlb_ux):
-            t.pop(page, None)
-        self.tlb_global.discard(page)
+            for p in pages:
+                t.pop(p, None)
+        for p in pages:
+            self.tlb_global.discard(p)
 
     def tlb_drop_writes(self) -> None:
         """Forget all write entries (a page just became a code page; its stores must take the slow path)."""
@@ -528,6 +563,10 @@ class CPU:
         selector &= 0xFFFF
         seg.selector = selector
         seg.base = selector << 4
+        if seg.ar & AR_UNUSABLE or not seg.ar & AR_P:
+            # a null selector loaded in protected mode left the register unusable; a real-mode
+            # load makes it a usable 64 KiB read/write segment again (as Bochs load_seg_reg does)
+            seg.limit, seg.ar = 0xFFFF, AR_REAL_DATA
         seg.refresh()
 
     def seg_base(self, sreg: int) -> int:

@@ -96,26 +96,60 @@ class Descriptor:
     def gate_param_count(self) -> int:
         return (self.raw >> 32) & 0x1F
 
+    @property
+    def is_tss(self) -> bool:
+        """A 16- or 32-bit TSS descriptor, available or busy (SDM Vol.3A 7.2.2)."""
+        return not self.s and self.type in (SYS_TSS16_AVAIL, SYS_TSS16_BUSY, SYS_TSS32_AVAIL, SYS_TSS32_BUSY)
+
+    @property
+    def tss_busy(self) -> bool:
+        return bool(self.type & 0x2)
+
+    @property
+    def tss32(self) -> bool:
+        return bool(self.type & 0x8)
+
+
+def table_limit_ok(cpu: CPU, selector: int) -> bool:
+    """Whether the 8 bytes of ``selector``'s descriptor lie inside its table (SDM Vol.3A 3.5.1).
+
+    A selector with TI = 1 needs a usable LDT; LDTR is unusable after LLDT 0 and
+    after a task switch to a task without an LDT (SDM Vol.3A 3.5.1, 7.2.5).
+    """
+    index = selector & 0xFFF8
+    if selector & 4:
+        ldtr = cpu.ldtr
+        if ldtr.unusable or not ldtr.ar & AR_P:
+            return False
+        return index + 7 <= ldtr.limit
+    return index + 7 <= cpu.gdtr_limit
+
 
 def read_descriptor(cpu: CPU, selector: int, error_code: int | None = None, vector: int = Vector.GP) -> Descriptor:
     """Fetch the descriptor for ``selector`` from the GDT or LDT (TI bit).
 
     A selector beyond the table limit raises ``vector`` (default #GP) with
     error code ``selector & ~3`` (SDM Vol.3A 6.13), or ``error_code`` if given.
+    Callers check for the null selector first: its meaning differs per instruction.
     """
-    index = selector & 0xFFF8
     ec = (selector & 0xFFFC) if error_code is None else error_code
-    if selector & 4:  # TI = 1: LDT
-        ldtr = cpu.ldtr
-        if ldtr.unusable or not ldtr.ar & AR_P or ldtr.selector & 0xFFFC == 0:
-            raise CpuFault(vector, ec, detail=f"selector {selector:#x} refers to the LDT but LDTR is null")
-        base, limit = ldtr.base, ldtr.limit
-    else:
-        base, limit = cpu.gdtr_base, cpu.gdtr_limit
-    if index + 7 > limit:
-        raise CpuFault(vector, ec, detail=f"selector {selector:#x} beyond table limit {limit:#x}")
-    raw = cpu.lread(base + index, 8, user=False)
-    return Descriptor.decode(raw)
+    if not table_limit_ok(cpu, selector):
+        where = "LDT" if selector & 4 else "GDT"
+        raise CpuFault(vector, ec, detail=f"selector {selector:#x} outside the {where} (or no LDT loaded)")
+    return Descriptor.decode(cpu.lread(descriptor_address(cpu, selector), 8, user=False))
+
+
+def peek_descriptor(cpu: CPU, selector: int) -> Descriptor | None:
+    """The descriptor of a non-null ``selector``, or None if it lies outside its table.
+
+    For LAR, LSL, VERR and VERW, which report an inaccessible selector with ZF = 0
+    instead of faulting (SDM Vol.2 LAR: "If the segment selector ... is outside the
+    descriptor table limit, ... ZF is cleared").  A page fault on the table itself
+    still faults: the table read is an ordinary implicit supervisor access.
+    """
+    if not table_limit_ok(cpu, selector):
+        return None
+    return Descriptor.decode(cpu.lread(descriptor_address(cpu, selector), 8, user=False))
 
 
 def descriptor_address(cpu: CPU, selector: int) -> int:
@@ -125,7 +159,21 @@ def descriptor_address(cpu: CPU, selector: int) -> int:
 
 
 def set_accessed(cpu: CPU, selector: int, desc: Descriptor) -> None:
-    """Set the accessed bit of a code/data descriptor in memory (SDM Vol.3A 3.4.5.1)."""
+    """Set the accessed bit of a code/data descriptor in memory (SDM Vol.3A 3.4.5.1).
+
+    The store is an implicit supervisor write: with CR0.WP = 1 a read-only GDT
+    page faults (SDM Vol.3A 4.6.1).  A GDT in ROM simply keeps the bit clear.
+    """
     if desc.s and not desc.ar & 1:
         addr = descriptor_address(cpu, selector) + 5
-        cpu.lwrite(addr, 1, (desc.raw >> 40) & 0xFF | 1, user=False)
+        cpu.lwrite(addr, 1, ((desc.raw >> 40) & 0xFF) | 1, user=False)
+
+
+def set_tss_busy(cpu: CPU, selector: int, busy: bool) -> None:
+    """Set or clear the busy bit (type bit 1) of the GDT TSS descriptor of ``selector``
+    (SDM Vol.3A 7.2.2; LTR and task switches do this as a locked read-modify-write)."""
+    addr = (cpu.gdtr_base + (selector & 0xFFF8) + 5) & 0xFFFFFFFF
+    byte5 = cpu.lread(addr, 1, user=False)
+    new = (byte5 | 0x2) if busy else (byte5 & ~0x2)
+    if new != byte5:
+        cpu.lwrite(addr, 1, new, user=False)

@@ -58,6 +58,14 @@ class Engine:
             return StopRequest(StopReason.TRIPLE_FAULT, detail=str(t))
         except _Stop as s:
             return s.request
+        except VmExitSignal as e:
+            # a VM exit raised on an event path outside the per-instruction handlers (interrupt window,
+            # preemption timer, event injection, #DF delivery, triple fault): EIP is at a boundary already
+            try:
+                self.vm_exit(e)
+            except _Stop as s:
+                return s.request
+            return StopRequest(StopReason.VM_EXIT, detail=f"VM exit {e.reason}")
 
     # -------------------------------------------------------------- loop
 
@@ -205,6 +213,10 @@ class Engine:
             clock.run_due()
             if machine.stop is not None:
                 raise _Stop(machine.stop)
+        if cpu.pending_fault is not None:  # a fault in a new task's context (tasks.py)
+            fault, cpu.pending_fault = cpu.pending_fault, None
+            self.exception(fault)
+            return
         if self._take_interrupt():
             return
         if cpu.halted:
@@ -251,6 +263,13 @@ class Engine:
         machine = cpu.machine
         clock = machine.clock
         can_wake = bool(cpu.eflags_sys & fl.IF) or cpu.nmi_pending
+        if can_wake and machine.input_attached:
+            # a terminal feeds COM1 from another thread: wait for it (or for the clock) in host time
+            time.sleep(0.001)
+            if clock.deadline_icount < clock.NEVER and not clock.wall:
+                cpu.idle_ticks += max(0, clock.deadline_icount - (cpu.icount + cpu.idle_ticks))
+            cpu.event_pending = True
+            return
         if not can_wake or clock.deadline_icount >= clock.NEVER:
             if cpu.vmx is not None and cpu.vmx.halt_can_wake(cpu):
                 cpu.event_pending = True
@@ -263,6 +282,11 @@ class Engine:
             skip = clock.deadline_icount - (cpu.icount + cpu.idle_ticks)
             if skip > 0:
                 cpu.idle_ticks += skip
+            # time spent halted counts against the budget too, so a guest halted for good (its
+            # timer interrupts masked, say) still stops at --max-instructions
+            if cpu.icount + cpu.idle_ticks >= self.limit_icount:
+                raise _Stop(StopRequest(StopReason.BUDGET, detail=f"{cpu.icount} instructions and "
+                                        f"{cpu.idle_ticks} idle ticks (halted)"))
         cpu.event_pending = True
 
     # -------------------------------------------------------------- exceptions
@@ -275,6 +299,8 @@ class Engine:
         try:
             self._deliver_fault(f, kind)
         except CpuFault as second:
+            if second.vector == Vector.PF and second.cr2 is not None:
+                cpu.cr2 = second.cr2  # the processor loads CR2 when it detects the #PF (SDM Vol.3A 6.15)
             if _is_double_fault(f.vector, second.vector):
                 try:
                     self._deliver_fault(CpuFault(Vector.DF, 0, detail=f"{f} then {second}"), kind)
@@ -292,10 +318,10 @@ class Engine:
         cpu = self.cpu
         if cpu.trace is not None:
             cpu.trace.fault(cpu, f)
+        if cpu.vmx is not None:  # before CR2 is loaded: a #PF that causes a VM exit leaves CR2 alone
+            cpu.vmx.check_exception_exit(cpu, f.vector, f.error_code, kind, fault_address=f.cr2)
         if f.vector == Vector.PF and f.cr2 is not None:
             cpu.cr2 = f.cr2
-        if cpu.vmx is not None:
-            cpu.vmx.check_exception_exit(cpu, f.vector, f.error_code, kind)
         deliver(cpu, f.vector, f.error_code, kind, cpu.eip)
 
     def _triple_fault(self, detail: str) -> None:

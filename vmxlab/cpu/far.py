@@ -24,7 +24,14 @@ from .descriptors import (
     read_descriptor,
 )
 from .faults import CpuFault, Vector
-from .segments import check_code_target, check_ss, commit_cs, commit_ss, null_unusable_data_segments
+from .segments import (
+    check_code_target,
+    check_ss,
+    commit_cs,
+    commit_ss,
+    null_unusable_data_segments,
+    stack_room,
+)
 from .state import AR_CONFORMING, CS, ESP, SS
 
 if TYPE_CHECKING:
@@ -74,9 +81,9 @@ def far_jmp(c: CPU, selector: int, offset: int, size: int, next_ip: int) -> None
         c.eip = offset
         return
     if desc.type in (SYS_CALL_GATE16, SYS_CALL_GATE32):
-        code_sel, code, target = _through_call_gate(c, selector, desc)
-        if code.ar & AR_CONFORMING and code.dpl > c.cpl or not code.ar & AR_CONFORMING and code.dpl != c.cpl:
-            raise _gp(code_sel, f"JMP through call gate to code segment {code_sel:#x} with DPL {code.dpl}")
+        # SDM Vol.2 JMP "CALL-GATE": a JMP never changes privilege, so the target must be
+        # conforming with DPL <= CPL or non-conforming with DPL = CPL -- checked before present
+        code_sel, code, target = _through_call_gate(c, selector, desc, jmp=True)
         _check_offset(code, target)
         commit_cs(c, code_sel, code, c.cpl)
         c.eip = target
@@ -104,6 +111,7 @@ def far_call(c: CPU, selector: int, offset: int, size: int, next_ip: int) -> Non
     desc = _far_target(c, selector)
     if desc.s:
         check_code_target(c, selector, desc)
+        _check_room(c, 2 * size)  # SDM Vol.2 CALL: #SS(0) comes before the offset's #GP(0)
         _check_offset(desc, offset)
         _push_all(c, [c.segs[CS].selector, next_ip], size)
         commit_cs(c, selector, desc, c.cpl)
@@ -129,8 +137,8 @@ def _far_target(c: CPU, selector: int) -> Descriptor:
     return desc
 
 
-def _through_call_gate(c: CPU, gate_sel: int, gate: Descriptor) -> tuple[int, Descriptor, int]:
-    """Gate checks shared by JMP and CALL (SDM Vol.3A 5.8.4, Table 5-1)."""
+def _through_call_gate(c: CPU, gate_sel: int, gate: Descriptor, jmp: bool = False) -> tuple[int, Descriptor, int]:
+    """Gate checks shared by JMP and CALL (SDM Vol.3A 5.8.4, Table 5-1; Vol.2 JMP/CALL "CALL-GATE")."""
     if gate.dpl < c.cpl or gate.dpl < (gate_sel & 3):
         raise _gp(gate_sel, f"call gate {gate_sel:#x}: DPL {gate.dpl} < max(CPL {c.cpl}, RPL {gate_sel & 3})")
     if not gate.present:
@@ -141,17 +149,30 @@ def _through_call_gate(c: CPU, gate_sel: int, gate: Descriptor) -> tuple[int, De
     code = read_descriptor(c, code_sel)
     if not code.is_code or code.dpl > c.cpl:
         raise _gp(code_sel, f"call gate target {code_sel:#x} is not code with DPL <= CPL")
+    if jmp and not code.ar & AR_CONFORMING and code.dpl != c.cpl:
+        raise _gp(code_sel, f"JMP through call gate to non-conforming code {code_sel:#x} with DPL {code.dpl} "
+                            f"!= CPL {c.cpl} (only CALL may change privilege)")
     if not code.present:
         raise CpuFault(Vector.NP, code_sel & 0xFFFC, detail=f"code segment {code_sel:#x} not present")
     return code_sel, code, gate.gate_offset
 
 
+def _check_room(c: CPU, nbytes: int, error_code: int = 0) -> None:
+    """#SS(error_code) unless the current stack can take ``nbytes`` more (checked before any push)."""
+    ss = c.segs[SS]
+    if not stack_room(ss.ar, ss.limit, c.regs[ESP], nbytes):
+        raise CpuFault(Vector.SS, error_code, detail=f"stack has no room for {nbytes} bytes")
+
+
 def _call_gate(c: CPU, gate_sel: int, gate: Descriptor, next_ip: int) -> None:
+    """CALL through a call gate (SDM Vol.2 CALL "CALL-GATE", "MORE-PRIVILEGE", "SAME-PRIVILEGE";
+    SDM Vol.3A 5.8.5 stack switching and Figure 5-13 parameter copy)."""
     code_sel, code, target = _through_call_gate(c, gate_sel, gate)
     size = 4 if gate.type == SYS_CALL_GATE32 else 2
-    _check_offset(code, target)
     old_cs = c.segs[CS].selector
     if code.ar & AR_CONFORMING or code.dpl == c.cpl:
+        _check_room(c, 2 * size)
+        _check_offset(code, target)
         _push_all(c, [old_cs, next_ip], size)
         commit_cs(c, code_sel, code, c.cpl)
         c.eip = target
@@ -163,28 +184,38 @@ def _call_gate(c: CPU, gate_sel: int, gate: Descriptor, next_ip: int) -> None:
     new_ss, new_esp = stack_for_privilege(c, new_cpl)
     ss_desc = check_ss(c, new_ss, new_cpl, vector=Vector.TS)
     count = gate.gate_param_count
-    params = [c.peek(i * size, size) for i in range(count)]  # from the caller's stack, in order
-    old_ss, old_esp = c.segs[SS].selector, c.regs[ESP]
     need = (4 + count) * size
-    stack32 = bool(ss_desc.ar & (1 << 14))
-    top = new_esp if stack32 else new_esp & 0xFFFF
-    lo = ss_desc.limit + 1 if ss_desc.ar & 0x4 else 0  # expand-down stacks start above the limit
-    if top - need < lo:
-        raise CpuFault(Vector.SS, new_ss & 0xFFFC, detail="inner stack too small for the call-gate frame")
+    if not stack_room(ss_desc.ar, ss_desc.limit, new_esp, need):
+        raise CpuFault(Vector.SS, new_ss & 0xFFFC, detail=f"inner stack has no room for the {need}-byte frame")
+    _check_offset(code, target)
+    # the parameters come from the caller's stack, read before anything changes (a fault there is
+    # the caller's #SS(0) or #PF); they keep their order on the new stack (Figure 5-13)
+    params = [c.peek(i * size, size) for i in range(count)]
+    old_ss, old_esp = c.segs[SS].selector, c.regs[ESP]
     saved = (c.segs[SS].copy(), old_esp, c.cpl)
     commit_ss(c, new_ss, ss_desc)
-    c.regs[ESP] = new_esp
+    _set_stack_pointer(c, ss_desc, new_esp)
     c.cpl = new_cpl
     c.update_mode()
     try:
         _push_all(c, [old_ss, old_esp, *reversed(params), old_cs, next_ip], size)
-    except CpuFault:
+    except CpuFault:  # #PF on the new stack: undo the switch so the fault is precise
         c.segs[SS].load(*saved[0].as_tuple())
         c.regs[ESP], c.cpl = saved[1], saved[2]
         c.update_mode()
         raise
     commit_cs(c, code_sel, code, new_cpl)
     c.eip = target
+
+
+def _set_stack_pointer(c: CPU, ss_desc: Descriptor, value: int) -> None:
+    """Load the stack pointer after SS changed: ESP for a 32-bit stack, only SP for a 16-bit one
+    (B = 0), the upper half of ESP keeping its old value (as Bochs and hardware do; this is the
+    "ESP leak" Linux's espfix works around)."""
+    if ss_desc.ar & (1 << 14):
+        c.regs[ESP] = value & M32
+    else:
+        c.regs[ESP] = (c.regs[ESP] & 0xFFFF0000) | (value & 0xFFFF)
 
 
 def _push_all(c: CPU, values: list[int], size: int) -> None:
@@ -230,8 +261,8 @@ def far_ret(c: CPU, size: int, extra: int) -> None:
     _check_offset(desc, offset)
     commit_cs(c, selector, desc, rpl)
     commit_ss(c, new_ss, ss_desc)
-    c.regs[ESP] = new_esp if size == 4 else (c.regs[ESP] & 0xFFFF0000) | (new_esp & 0xFFFF)
-    c.adjust_sp(extra)
+    _set_stack_pointer(c, ss_desc, new_esp)
+    c.adjust_sp(extra)  # "release parameters from calling procedure's stack"
     c.update_mode()
     null_unusable_data_segments(c, rpl)
     c.eip = offset
@@ -273,29 +304,33 @@ def merge_eflags(c: CPU, new: int, size: int, cpl: int, keep_rf: bool) -> None:
     """Load EFLAGS from POPF/IRET under the privilege rules (SDM Vol.2 POPF, IRET):
     IOPL changes only at CPL 0, IF only when CPL <= IOPL, VM/VIF/VIP never here;
     other bits silently keep their value -- no fault (this is what makes POPF sensitive
-    but not privileged)."""
+    but not privileged).  A 16-bit operand size reaches FLAGS[15:0] only.
+
+    RF is never left set: the processor clears it when the next instruction
+    completes (SDM Vol.3A 18.3.1.1), and the model has no instruction breakpoints
+    for it to suppress, so an RF=1 image (the frame of a fault) loads as RF=0 --
+    later interrupt frames then show RF=0 as they do on hardware.
+    """
+    del keep_rf  # kept for the callers' readability: IRET "loads" RF, POPF clears it; both end as 0
     old = c.get_eflags()
     changeable = fl.STATUS | fl.TF | fl.DF | fl.NT | fl.AC | fl.ID
-    if keep_rf:
-        changeable |= fl.RF
     if not c.pe or cpl == 0:
         changeable |= fl.IOPL | fl.IF
     elif cpl <= (old >> fl.IOPL_SHIFT) & 3:
         changeable |= fl.IF
     if size == 2:
         changeable &= 0xFFFF
-    value = (old & ~changeable) | (new & changeable)
-    if not keep_rf:
-        value &= ~fl.RF
+    value = ((old & ~changeable) | (new & changeable)) & ~fl.RF
     c.set_eflags(value)
 
 
-def iret(c: CPU, size: int) -> None:
-    """IRET/IRETD (SDM Vol.2 IRET, Vol.3A 6.14)."""
-    eip = c.peek(0, size)
-    selector = c.peek(size, size) & 0xFFFF
-    flags = c.peek(2 * size, size)
+def iret(c: CPU, size: int, next_ip: int | None = None) -> None:
+    """IRET/IRETD (SDM Vol.2 IRET, Vol.3A 6.14).  ``next_ip`` is saved in the TSS if IRET
+    switches tasks (EFLAGS.NT = 1); by default the engine's fall-through EIP."""
     if not c.pe:
+        eip = c.peek(0, size)
+        selector = c.peek(size, size) & 0xFFFF
+        flags = c.peek(2 * size, size)
         if size == 2:
             eip &= 0xFFFF
         if eip > c.segs[CS].limit:
@@ -307,12 +342,19 @@ def iret(c: CPU, size: int) -> None:
         c.update_mode()
         c.nmi_blocked = False
         return
+    # SDM Vol.3A 6.7.1: "An execution of the IRET instruction unblocks NMIs even if the
+    # instruction causes a fault."
+    c.nmi_blocked = False
     if c.eflags_sys & fl.NT:
         from .tasks import task_return
 
-        task_return(c)
+        task_return(c, c.eip if next_ip is None else next_ip)
         return
+    eip = c.peek(0, size)
+    selector = c.peek(size, size) & 0xFFFF
+    flags = c.peek(2 * size, size)
     if size == 4 and flags & fl.VM and c.cpl == 0:
+        # RETURN-TO-VIRTUAL-8086-MODE: virtual-8086 mode is not modelled (docs/protection.md)
         raise CpuFault(Vector.GP, 0, detail="IRET to virtual-8086 mode is not modelled")
     desc = _return_code_segment(c, selector)
     rpl = selector & 3
@@ -323,17 +365,15 @@ def iret(c: CPU, size: int) -> None:
         commit_cs(c, selector, desc, rpl)
         merge_eflags(c, flags, size, old_cpl, keep_rf=True)
         c.eip = eip
-        c.nmi_blocked = False
         return
     new_esp = c.peek(3 * size, size)
     new_ss = c.peek(4 * size, size) & 0xFFFF
     ss_desc = _return_stack_segment(c, new_ss, rpl)
     _check_offset(desc, eip)
-    merge_eflags(c, flags, size, old_cpl, keep_rf=True)
+    merge_eflags(c, flags, size, old_cpl, keep_rf=True)  # IF/IOPL rules use the old CPL
     commit_cs(c, selector, desc, rpl)
     commit_ss(c, new_ss, ss_desc)
-    c.regs[ESP] = new_esp if size == 4 else (c.regs[ESP] & 0xFFFF0000) | (new_esp & 0xFFFF)
+    _set_stack_pointer(c, ss_desc, new_esp)
     c.update_mode()
     null_unusable_data_segments(c, rpl)
     c.eip = eip
-    c.nmi_blocked = False

@@ -78,13 +78,29 @@ def _check(cpu: CPU, la: int, acc: int, rw: int, us: int, xd: int) -> None:
 
 
 def walk(cpu: CPU, la: int, acc: int) -> int:
-    """Translate ``la`` for access ``acc`` (EC_W | EC_U | EC_I bits); return the physical address."""
+    """Translate ``la`` for access ``acc`` (EC_W | EC_U | EC_I bits); return the physical address.
+
+    Besides the address, the walk tells the TLB two things it must remember to
+    flush exactly what the SDM says: whether the translation is global (kept
+    across MOV CR3 when CR4.PGE = 1, SDM Vol.3A 4.10.2.4) and whether it came
+    from a 2/4 MiB page (INVLPG of any address in it drops the whole page,
+    SDM Vol.3A 4.10.4.1, although the TLB caches it 4 KiB at a time).
+    """
     if cpu.cr4 & CR4_PAE:
-        pa, glob = _walk_pae(cpu, la, acc)
+        pa, glob, large = _walk_pae(cpu, la, acc)
     else:
-        pa, glob = _walk_32(cpu, la, acc)
+        pa, glob, large = _walk_32(cpu, la, acc)
     if glob and cpu.cr4 & CR4_PGE:
         cpu.tlb_global.add(la >> 12)
+    elif cpu.tlb_global:
+        cpu.tlb_global.discard(la >> 12)  # the page is no longer global: MOV CR3 must drop it
+    if large:
+        first = (la >> large) << (large - 12)  # first 4 KiB page number of the large page
+        span = (first, 1 << (large - 12))
+        for region in range(first >> 9, (first + span[1]) >> 9):  # 2 MiB regions it covers
+            cpu.tlb_large[region] = span
+    if not cpu.machine.a20:
+        pa &= ~(1 << 20)  # the A20 gate masks the physical address (SDM Vol.3A 21.1.1 / PC hardware)
     if cpu.ept is not None:
         return cpu.ept.translate(pa, acc, la, final=True)
     return pa
@@ -96,7 +112,7 @@ def _set_ad(cpu: CPU, addr: int, entry: int, flags: int, la: int, size: int) -> 
         _write_entry(cpu, addr, size, entry | flags, la)
 
 
-def _walk_32(cpu: CPU, la: int, acc: int) -> tuple[int, bool]:
+def _walk_32(cpu: CPU, la: int, acc: int) -> tuple[int, bool, int]:
     """32-bit paging (SDM Vol.3A 4.3): 4 KiB pages, and 4 MiB pages when CR4.PSE = 1."""
     pde_addr = (cpu.cr3 & 0xFFFFF000) | ((la >> 20) & 0xFFC)
     pde = _read_entry(cpu, pde_addr, 4, la)
@@ -107,7 +123,7 @@ def _walk_32(cpu: CPU, la: int, acc: int) -> tuple[int, bool]:
             raise _fault(cpu, la, acc, True, rsvd=True)
         _check(cpu, la, acc, pde & RW, pde & US, 0)
         _set_ad(cpu, pde_addr, pde, A | (D if acc & EC_W else 0), la, 4)
-        return (pde & 0xFFC00000) | (la & 0x3FFFFF), bool(pde & G)
+        return (pde & 0xFFC00000) | (la & 0x3FFFFF), bool(pde & G), 22
     pte_addr = (pde & 0xFFFFF000) | ((la >> 10) & 0xFFC)
     pte = _read_entry(cpu, pte_addr, 4, la)
     if not pte & P:
@@ -115,10 +131,10 @@ def _walk_32(cpu: CPU, la: int, acc: int) -> tuple[int, bool]:
     _check(cpu, la, acc, pde & pte & RW, pde & pte & US, 0)
     _set_ad(cpu, pde_addr, pde, A, la, 4)
     _set_ad(cpu, pte_addr, pte, A | (D if acc & EC_W else 0), la, 4)
-    return (pte & 0xFFFFF000) | (la & 0xFFF), bool(pte & G)
+    return (pte & 0xFFFFF000) | (la & 0xFFF), bool(pte & G), 0
 
 
-def _walk_pae(cpu: CPU, la: int, acc: int) -> tuple[int, bool]:
+def _walk_pae(cpu: CPU, la: int, acc: int) -> tuple[int, bool, int]:
     """PAE paging (SDM Vol.3A 4.4): PDPTE registers, 2 MiB and 4 KiB pages, XD with EFER.NXE."""
     nxe = cpu.efer & EFER_NXE
     rsvd_xd = 0 if nxe else XD  # bit 63 is reserved unless NXE (SDM Vol.3A 4.4.2)
@@ -136,7 +152,7 @@ def _walk_pae(cpu: CPU, la: int, acc: int) -> tuple[int, bool]:
             raise _fault(cpu, la, acc, True, rsvd=True)
         _check(cpu, la, acc, pde & RW, pde & US, pde & XD if nxe else 0)
         _set_ad(cpu, pde_addr, pde, A | (D if acc & EC_W else 0), la, 8)
-        return (pde & PHYS_MASK & ~0x1FFFFF) | (la & 0x1FFFFF), bool(pde & G)
+        return (pde & PHYS_MASK & ~0x1FFFFF) | (la & 0x1FFFFF), bool(pde & G), 21
     pte_addr = (pde & PHYS_MASK & ~0xFFF) | ((la >> 9) & 0xFF8)
     pte = _read_entry(cpu, pte_addr, 8, la)
     if not pte & P:
@@ -147,7 +163,7 @@ def _walk_pae(cpu: CPU, la: int, acc: int) -> tuple[int, bool]:
     _check(cpu, la, acc, pde & pte & RW, pde & pte & US, xd)
     _set_ad(cpu, pde_addr, pde, A, la, 8)
     _set_ad(cpu, pte_addr, pte, A | (D if acc & EC_W else 0), la, 8)
-    return (pte & PHYS_MASK & ~0xFFF) | (la & 0xFFF), bool(pte & G)
+    return (pte & PHYS_MASK & ~0xFFF) | (la & 0xFFF), bool(pte & G), 0
 
 
 def load_pdptes(cpu: CPU) -> None:

@@ -48,8 +48,9 @@ class VmxHooks(Protocol):
 
     # ---- events
     def check_exception_exit(self, cpu: CPU, vector: int, error_code: int | None, kind: int,
-                             next_ip: int | None = None) -> None:
-        """Before delivering an exception: exit if the exception bitmap (and #PF mask/match) says so."""
+                             next_ip: int | None = None, fault_address: int | None = None) -> None:
+        """Before delivering an exception: exit if the exception bitmap (and #PF mask/match) says so.
+        ``fault_address`` is a #PF's linear address (the exit qualification; CR2 is not yet loaded)."""
 
     def external_interrupt_exits(self, cpu: CPU) -> bool:
         """An unmasked INTR is pending: exit (external-interrupt exiting) or let it be delivered."""

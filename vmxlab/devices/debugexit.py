@@ -41,6 +41,7 @@ class ShutdownPort:
             self.matched += 1
             if self.matched == len(_MAGIC):
                 self.matched = 0
-                self.machine.request_stop(StopReason.SHUTDOWN_REQUEST, 0, 'guest wrote "Shutdown" to port 0x8900')
+                self.machine.request_stop(StopReason.SHUTDOWN_REQUEST, 0,
+                                          'guest wrote "Shutdown" to port 0x8900')
         else:
             self.matched = 1 if ch == _MAGIC[0] else 0

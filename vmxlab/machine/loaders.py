@@ -20,6 +20,9 @@ from .machine import Machine
 
 # The GDT vmxlab provides for a protected-mode entry, at a fixed low address (as QEMU's
 # multiboot option ROM provides one): 0x10 = flat 32-bit code, 0x18 = flat 32-bit data.
+# (QEMU's own table, pc-bios/optionrom/multiboot.S, uses 0x08 = code and 0x10 = data, as GRUB
+# legacy does; the Multiboot spec 3.2 leaves the values undefined.)  The accessed bits are preset
+# so the CPU never writes this table.
 BOOT_GDT_ADDR = 0x500
 BOOT_CS = 0x10
 BOOT_DS = 0x18
@@ -71,8 +74,8 @@ def parse_entry(spec: str | None, load_addr: int, stack: int | None) -> EntrySta
         seg, sep, off = rest.partition(":")
         if not sep:
             raise UserError(f"--entry {spec}: expected real:SEG:OFF, e.g. real:0x7c0:0")
-        return real_entry(parse_int(seg, "--entry segment") & 0xFFFF, parse_int(off, "--entry offset") & 0xFFFF,
-                          stack)
+        return real_entry(parse_int(seg, "--entry segment") & 0xFFFF,
+                          parse_int(off, "--entry offset") & 0xFFFF, stack)
     if kind == "pm32":
         return pm32_entry(parse_int(rest, "--entry EIP"), stack)
     raise UserError(f"--entry {spec}: expected real:SEG:OFF or pm32:EIP")

@@ -97,6 +97,9 @@ class Clock:
         self._seq = itertools.count()
         #: instruction count at which the next event is due (the CPU compares against this)
         self.deadline_icount = self.NEVER
+        #: called when the deadline moves earlier (a device scheduled a sooner event), so a run loop
+        #: that cached the old deadline looks again; Machine wires it to its CPU wake-up hook
+        self.on_deadline_change: Callable[[], None] | None = None
 
     def now_ns(self) -> int:
         if self.wall:
@@ -123,6 +126,7 @@ class Clock:
         return self._events[0][0] if self._events else None
 
     def _update_deadline(self) -> None:
+        old = self.deadline_icount
         if not self._events:
             self.deadline_icount = self.NEVER
         elif self.wall:
@@ -131,6 +135,8 @@ class Clock:
         else:
             due = self._events[0][0]
             self.deadline_icount = max(0, int(-(-due // self.ns_per_instruction)))
+        if self.deadline_icount < old and self.on_deadline_change is not None:
+            self.on_deadline_change()
 
 
 class Console:
@@ -167,6 +173,8 @@ class Machine:
     stop: StopRequest | None = None
     a20: bool = True
     devices: dict[str, object] = field(default_factory=dict)
+    #: a host terminal feeds a device from another thread: HLT waits for it instead of stopping
+    input_attached: bool = False
     #: POST codes seen on ports 0x80/0x190 (last is what the summary shows)
     post_codes: list[int] = field(default_factory=list)
     #: called after A20 changes so the CPU can flush its TLB
@@ -176,6 +184,15 @@ class Machine:
     on_intr: Callable[[], None] | None = None
     #: called when a device requests a stop, so the CPU stops at the next instruction boundary
     on_stop: Callable[[], None] | None = None
+
+    def __post_init__(self) -> None:
+        self.clock.on_deadline_change = self._timer_moved
+
+    def _timer_moved(self) -> None:
+        # A device scheduled an event sooner than the CPU's cached check point: wake the run
+        # loop the same way an INTR change does (the CPU re-reads the clock deadline then).
+        if self.on_intr is not None:
+            self.on_intr()
 
     @classmethod
     def create(cls, mem_mib: int = 32, console: Console | None = None, wall_clock: bool = False) -> Machine:

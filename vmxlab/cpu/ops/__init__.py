@@ -74,4 +74,18 @@ def ends_block(handler: Handler) -> Handler:
 
 def load_all() -> None:
     """Import every semantics module so their factories register."""
-    from . import alu, bcd, control, datamove, flagops, io, protection, shift, string, system  # noqa: F401
+    from . import (  # noqa: F401
+        alu,
+        bcd,
+        bits,
+        control,
+        datamove,
+        flagops,
+        io,
+        misc,
+        protection,
+        shift,
+        string,
+        system,
+        vmxinsn,
+    )

@@ -166,11 +166,9 @@ def not_(ins: Instruction, ctx: Ctx) -> Handler:
 
 
 def _set_mul_flags(c: CPU, overflow: bool, low: int, size: int) -> None:
-    """MUL/IMUL: CF = OF = overflow; SF ZF PF from the low half, AF = 0 (undefined in the SDM;
-    this is what the differential test against the host CPU checks)."""
+    """MUL/IMUL: CF = OF = overflow; SF and PF from the low half, ZF = AF = 0 (undefined in the SDM;
+    the values an Intel Xeon produces, which the differential test against the host CPU checks)."""
     f = fl.PARITY[low & 0xFF]
-    if low == 0:
-        f |= fl.ZF
     if low & SIGN[size]:
         f |= fl.SF
     if overflow:

@@ -209,7 +209,8 @@ def iret(ins: Instruction, ctx: Ctx) -> Handler:
     from ..far import iret as do_iret
 
     size = operand_size(ins, ctx)
-    return lambda c: do_iret(c, size)
+    next_ip = _next_ip(ins, ctx)
+    return lambda c: do_iret(c, size, next_ip)
 
 
 def software_interrupt(c: CPU, vector: int, kind: EventKind, next_ip: int) -> None:

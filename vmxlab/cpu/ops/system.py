@@ -29,6 +29,7 @@ from ..state import (
     CR4_PSE,
     CR4_TSD,
     CR4_UMIP,
+    CR4_VMXE,
     EAX,
     EBX,
     ECX,
@@ -124,16 +125,25 @@ def rdtsc(ins: Instruction, ctx: Ctx) -> Handler:
     return h
 
 
+#: performance counters of the model (P6: PerfCtr0/1, SDM Vol.3B 21.6.7): they exist but never count
+PMC_COUNT = 2
+
+
 @handles("RDPMC")
 def rdpmc(ins: Instruction, ctx: Ctx) -> Handler:
-    """RDPMC: #GP(0) at CPL > 0 unless CR4.PCE; the model has no performance counters, so any
-    counter index is invalid (#GP(0), SDM Vol.2 RDPMC)."""
+    """RDPMC: #GP(0) at CPL > 0 unless CR4.PCE (SDM Vol.2 RDPMC); #GP(0) for a counter index the
+    model does not have.  The two counters read 0: the model counts nothing, but a program can see
+    that CR4.PCE really opens the instruction to ring 3."""
 
     def h(c: CPU) -> None:
         if c.cpl and c.pe and not c.cr4 & CR4_PCE:
             raise CpuFault(Vector.GP, 0, detail="RDPMC at CPL > 0 without CR4.PCE")
-        _intercept(c, "rdpmc")
-        raise CpuFault(Vector.GP, 0, detail=f"RDPMC: counter {c.regs[ECX]:#x} does not exist on this model")
+        _intercept(c, "rdpmc")  # the counter index is checked after the exit (only CPL/PCE come first)
+        index = c.regs[ECX]
+        if index >= PMC_COUNT:
+            raise CpuFault(Vector.GP, 0, detail=f"RDPMC: counter {index:#x} does not exist on this model")
+        c.regs[EAX] = 0
+        c.regs[EDX] = 0
 
     return h
 
@@ -247,8 +257,10 @@ def write_cr(c: CPU, n: int, value: int) -> None:
         if value & CR0_NW and not value & CR0_CD:
             raise CpuFault(Vector.GP, 0, detail="CR0.NW = 1 with CR0.CD = 0")
         old = c.cr0
-        enabling_pae_paging = value & CR0_PG and not old & CR0_PG and c.cr4 & CR4_PAE
-        if enabling_pae_paging:
+        # SDM Vol.3A 4.4.1: with PAE paging in use afterwards, a MOV to CR0 that modifies CD, NW
+        # or PG loads the PDPTEs (a reserved bit in a present one is #GP(0), nothing changes)
+        reload_pdptes = value & CR0_PG and c.cr4 & CR4_PAE and (old ^ value) & (CR0_PG | CR0_CD | CR0_NW)
+        if reload_pdptes:
             saved, c.cr0 = c.cr0, value
             try:
                 load_pdptes(c)
@@ -271,10 +283,14 @@ def write_cr(c: CPU, n: int, value: int) -> None:
                 raise
         c.tlb_flush(all_entries=not c.cr4 & CR4_PGE)
     elif n == 4:
-        if value & ~CR4_SUPPORTED:
-            raise CpuFault(Vector.GP, 0, detail=f"reserved CR4 bits {value & ~CR4_SUPPORTED:#x}")
+        # CR4.VMXE exists for the software running in VMX operation: in non-root operation it is fixed
+        # to 1 (IA32_VMX_CR4_FIXED0); the CPU itself never runs code in VMX root operation
+        supported = CR4_SUPPORTED | (CR4_VMXE if c.vmx is not None else 0)
+        if value & ~supported:
+            raise CpuFault(Vector.GP, 0, detail=f"reserved CR4 bits {value & ~supported:#x}")
         old = c.cr4
-        if c.pg and value & CR4_PAE and not old & CR4_PAE:
+        # SDM Vol.3A 4.4.1: ... or a MOV to CR4 that modifies PAE, PGE or PSE
+        if c.pg and value & CR4_PAE and (old ^ value) & (CR4_PAE | CR4_PGE | CR4_PSE):
             saved, c.cr4 = c.cr4, value
             try:
                 load_pdptes(c)
@@ -412,7 +428,8 @@ def wrmsr(ins: Instruction, ctx: Ctx) -> Handler:
 def read_msr(c: CPU, index: int) -> int:
     """RDMSR of the documented MSR set; anything else is #GP(0) (SDM Vol.2 RDMSR)."""
     if index == cid.MSR_TSC:
-        return read_tsc(c)
+        tsc = read_tsc(c)
+        return c.vmx.guest_tsc(c, tsc) if c.vmx is not None else tsc  # TSC offsetting (SDM Vol.3C 26.3)
     if index == cid.MSR_EFER:
         return c.efer
     if index in cid.MSR_RESET:
