@@ -11,6 +11,7 @@ Outcome strings (what tables write and tests compare):
 * ``ok`` -- no fault; ``ok zf=1`` etc. when the case asks for flags, ``ok eax=...`` for registers
 * ``#GP(0x68)`` -- a fault with its error code, saved EIP = the instruction under test
 * ``#BP@+1`` -- an exception without error code whose saved EIP is 1 byte after it (a trap)
+* ``#PF(0x7) cr2=0x300000`` -- a page fault shows CR2
 """
 
 from __future__ import annotations
@@ -74,6 +75,29 @@ def gate(type_: int, selector: int, offset: int = 0, dpl: int = 0, *, present: b
     return ((offset & 0xFFFF) | selector << 16 | params << 32 | ar << 40 | (offset & 0xFFFF0000) << 32)
 
 
+def named(name: str) -> int | str:
+    """Descriptors of the [[case]] rows: "data3", "code0-np", "data3-limit-0xfff-bytes", ...; anything
+    with a parenthesis is a NASM expression (GATE(...) with a label address)."""
+    if "(" in name:
+        return name
+    parts = name.split("-")
+    head, mods = parts[0], parts[1:]
+    present = "np" not in mods
+    limit = None
+    if "limit" in mods:
+        limit = int(mods[mods.index("limit") + 1], 16)
+    if head in ("ldt", "tss"):
+        return system(0x2 if head == "ldt" else 0x9, 0, present=present)
+    dpl = int(head[-1])
+    if head.startswith("code"):
+        return code(dpl, present=present, readable="execute" not in mods)
+    kw: dict = dict(present=present, writable="ro" not in mods, expand_down="expand" in mods,
+                    big="small" not in mods)
+    if limit is not None:
+        kw.update(limit=limit, gran=False)
+    return data(dpl, **kw)
+
+
 # ---------------------------------------------------------------- cases
 
 
@@ -103,21 +127,21 @@ class Case:
         lines = [f"case_{n}:", f"        CASE_INSN c{n}_insn"]
         for table, entries in (("SET_GDT", self.gdt), ("SET_LDT", self.ldt)):
             for sel, d in entries.items():
-                if isinstance(d, int):
-                    lines.append(f"        {table} {sel:#x}, {d & 0xFFFFFFFF:#x}, {d >> 32:#x}")
-                else:  # an expression only NASM can evaluate (addresses of labels)
-                    lines.append(f"        {table} {sel:#x}, ({d}) & 0xFFFFFFFF, ({d}) >> 32")
+                if isinstance(d, str):
+                    d = named(d)  # a descriptor name, or a NASM expression (label addresses)
+                value = f"{d:#x}" if isinstance(d, int) else d
+                lines.append(f"        {table} {sel:#x}, {{{value}}}")
         if self.cr4:
             lines += ["        mov eax, cr4", f"        or eax, {self.cr4:#x}", "        mov cr4, eax"]
         lines += _indent(self.setup)
         lines.append(f"        ENTER {self.cpl}, {self.iopl}, c{n}_body")
         lines.append(f"c{n}_body:")
         lines += _indent(self.body)
-        insn_lines = _indent(self.insn)
         lines.append(f"c{n}_insn:")
-        lines += insn_lines
+        lines += _indent(self.insn)
+        lines.append(f"c{n}_next:")
         lines.append("        int 0x30")
-        return "\n".join(lines)
+        return "\n".join(lines).replace("{n}", str(n)).replace("{next}", f"c{n}_next")
 
 
 def _indent(text: str) -> list[str]:
@@ -185,6 +209,8 @@ def outcome(line: str, case: Case) -> str:
         off = int(f[3], 16)
         if off:
             text += f"@{'+' if off < 0x80000000 else '-'}{off if off < 0x80000000 else 0x100000000 - off}"
+        if vector == Vector.PF and len(f) > 5:
+            text += f" cr2={int(f[5], 16):#x}"
         return text
     eax, ebx, ecx, edx, flags = (int(x, 16) for x in f[1:6])
     shown = []
@@ -201,3 +227,35 @@ def outcome(line: str, case: Case) -> str:
             v = dict(ax=eax, bx=ebx, cx=ecx, dx=edx)[item] & 0xFFFF
             shown.append(f"{item}={v:#x}")
     return " ".join(["ok", *shown])
+
+
+@dataclass
+class Check:
+    """A named case with its expected outcome and the SDM passage it comes from."""
+
+    name: str
+    case: Case
+    expect: str
+    sdm: str
+    reference: bool = True  # False: Bochs/QEMU cannot confirm it (feature missing from their models)
+
+    @property
+    def id(self) -> str:
+        return self.name
+
+
+_CHECK_RESULTS: dict[tuple[int, str], dict[str, str]] = {}
+
+
+def check_results(checks: list[Check], engine: str, *, paging: bool = False, batch: int = 40,
+                  extra: str = "") -> dict[str, str]:
+    """Outcomes of ``checks`` by name, run in batches and cached per (list, engine)."""
+    key = (id(checks), engine)
+    if key not in _CHECK_RESULTS:
+        out: dict[str, str] = {}
+        for i in range(0, len(checks), batch):
+            chunk = checks[i:i + batch]
+            for chk, got in zip(chunk, run_cases([c.case for c in chunk], engine, paging=paging, extra=extra)):
+                out[chk.name] = got
+        _CHECK_RESULTS[key] = out
+    return _CHECK_RESULTS[key]

@@ -416,7 +416,7 @@ def entered(entry_spec: str | None, load: int, stack: int | None = None) -> dict
 def test_real_mode_entry_state() -> None:
     st = entered("real:0x7c0:0x10", 0x7C00)
     assert st["cr0"] == 0x10 and st["eflags"] == 0x2 and st["a20"] is True
-    assert st["cs"] == {"selector": 0x7C0, "base": 0x7C00, "limit": 0xFFFF, "ar": 0x9B}
+    assert st["cs"] == {"selector": 0x7C0, "base": 0x7C00, "limit": 0xFFFF, "ar": 0x93}  # SDM Table 10-1
     for s in ("ds", "es", "fs", "gs", "ss"):
         assert st[s]["selector"] == 0 and st[s]["base"] == 0 and st[s]["limit"] == 0xFFFF
     assert st["eip"] == 0x10 and st["esp"] == 0x7000

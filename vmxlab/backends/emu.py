@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..cpu.core import CPU
 from ..cpu.engine import Engine
-from ..cpu.state import AR_REAL_CODE, AR_REAL_DATA, CR0_ET, CR0_PE, CS, DS, ES, FS, GS, SS
+from ..cpu.state import AR_REAL_DATA, CR0_ET, CR0_PE, CS, DS, ES, FS, GS, SS
 from ..machine.loaders import BOOT_GDT, EntryState, install_boot_gdt
 from ..machine.machine import Machine, StopRequest
 
@@ -40,7 +40,7 @@ class EmuBackend:
             for s in (ES, SS, DS, FS, GS):
                 sel = entry.ss if s == SS else entry.ds
                 cpu.segs[s].load(sel, sel << 4, 0xFFFF, AR_REAL_DATA)
-            cpu.segs[CS].load(entry.cs, entry.cs << 4, 0xFFFF, AR_REAL_CODE)
+            cpu.segs[CS].load(entry.cs, entry.cs << 4, 0xFFFF, AR_REAL_DATA)  # as after reset (SDM Table 10-1)
             cpu.regs[4] = entry.esp & 0xFFFF
         else:
             install_boot_gdt(self.machine)

@@ -199,6 +199,8 @@ class BlockCompiler:
         self.consts: dict[str, object] = {}
         self.loop = False
         self.last_sets_eip = False
+        #: instructions run by their ordinary handler: their partial effects are architectural
+        self.fallbacks: set[int] = set()
 
     # ---------------------------------------------------------------- emit helpers
 
@@ -385,6 +387,7 @@ class BlockCompiler:
         if last:
             self.emit(f"cpu.eip = {self.blk.end_eip}")
             self.last_sets_eip = True
+        self.fallbacks.add(self.idx)
         self.emit(f"{h}(cpu)")
         for r in range(8):  # the handler may have changed any register
             self.used.add(r)
@@ -485,9 +488,13 @@ class BlockCompiler:
         out.append("        return n" if self.loop else f"        return {n}")
         out.append("    except BaseException as e:")
         out.append("        i = LINES.get(e.__traceback__.tb_lineno, 0)")
+        # A fallback handler was called with registers and flags already in the CPU, and the
+        # progress it made before raising (a REP string's completed iterations) is architectural:
+        # only the block's own instructions need their locals written back.
+        out.append("        if i not in FALLBACKS:")
         for r in sorted(self.ever_dirty):
-            out.append(f"        regs[{r}] = g{r}")
-        out.append("        FIXFLAGS[i](cpu, locals())")
+            out.append(f"            regs[{r}] = g{r}")
+        out.append("            FIXFLAGS[i](cpu, locals())")
         out.append("        cpu.eip = EIPS[i]")
         out.append("        cpu.icount += " + ("n + i" if self.loop else "i"))
         out.append("        raise")
@@ -497,6 +504,7 @@ class BlockCompiler:
         g["LINES"] = lines
         g["EIPS"] = list(blk.eips)
         g["FIXFLAGS"] = [flag_fixer(rec) for rec in self.rec_before]
+        g["FALLBACKS"] = frozenset(self.fallbacks)
         exec(compile(src, f"<block {blk.pa:#x}>", "exec"), g)  # noqa: S102 - generated from decoded code
         fn = g["block"]
         fn.source = src  # for debugging: print(blk.fast.source)

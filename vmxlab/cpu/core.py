@@ -29,7 +29,6 @@ from .faults import CodeModified, CpuFault, Vector
 from .state import (
     AR_DB,
     AR_P,
-    AR_REAL_CODE,
     AR_REAL_DATA,
     AR_UNUSABLE,
     CR0_ET,
@@ -178,7 +177,7 @@ class CPU:
         self.set_eflags(fl.RESERVED1)
         for seg in self.segs:
             seg.load(0, 0, 0xFFFF, 0x93)
-        self.segs[CS].load(0xF000, 0xFFFF0000, 0xFFFF, AR_REAL_CODE)
+        self.segs[CS].load(0xF000, 0xFFFF0000, 0xFFFF, AR_REAL_DATA)  # Table 10-1: Present, R/W, Accessed
         self.cr0 = CR0_ET | (1 << 30) | (1 << 29)  # CD and NW set after power-up
         self.cr2 = self.cr3 = self.cr4 = 0
         self.efer = 0
@@ -567,6 +566,12 @@ class CPU:
             # a null selector loaded in protected mode left the register unusable; a real-mode
             # load makes it a usable 64 KiB read/write segment again (as Bochs load_seg_reg does)
             seg.limit, seg.ar = 0xFFFF, AR_REAL_DATA
+        else:
+            # Real mode performs no type checks (SDM Vol.3A 21.1): a loaded segment, CS included,
+            # is a present read/write data segment at DPL 0 -- the reset state of CS in Table 10-1
+            # ("Present, R/W, Accessed"), so `mov [cs:x], ax` works as on hardware.  Limit, D/B and
+            # G stay as they were ("unreal mode").
+            seg.ar = (seg.ar & 0xF000) | AR_REAL_DATA
         seg.refresh()
 
     def seg_base(self, sreg: int) -> int:

@@ -72,6 +72,9 @@ class Engine:
     def next_check(self) -> int:
         cpu = self.cpu
         nc = min(self.limit_icount, cpu.machine.clock.deadline_icount - cpu.idle_ticks)
+        if cpu.shadow_until >= cpu.icount and cpu.event_pending:
+            # an STI/MOV SS shadow covers one instruction: a held-back event is looked at right after it
+            nc = min(nc, cpu.shadow_until + 1)
         if self.deadline_wall is not None:
             nc = min(nc, cpu.icount + TIMEOUT_POLL)
         return nc
@@ -94,7 +97,10 @@ class Engine:
             try:
                 pa = p | (la & 0xFFF) if p is not None else cpu.fetch_translate(la)
                 blk = blocks.get(pa << 3 | cpu.mode_key)
-                if blk is None or (blk.page2_la is not None and not self._page2_ok(blk)):
+                # the key is physical; the block's EIP-relative constants (branch targets, return
+                # addresses) also depend on the EIP it was decoded at (CS base aliasing: 07C0:0 vs 0:7C00)
+                if (blk is None or blk.eips[0] != cpu.eip
+                        or (blk.page2_la is not None and not self._page2_ok(blk))):
                     blk = translate(cpu, pa, la, pa << 3 | cpu.mode_key)
                     cpu.blocks.add(blk)
             except CpuFault as f:  # #PF or #GP on the fetch itself

@@ -285,15 +285,18 @@ def _return_code_segment(c: CPU, selector: int) -> Descriptor:
     return desc
 
 
-def _return_stack_segment(c: CPU, selector: int, rpl: int) -> Descriptor:
-    """SS checks on a return to an outer level: #GP(selector) for type/privilege, #SS if not present."""
+def _return_stack_segment(c: CPU, selector: int, rpl: int, not_present: int = Vector.SS) -> Descriptor:
+    """SS checks on a return to an outer level: #GP(selector) for type/privilege; not present is
+    #SS(selector) for RET (SDM Vol.2 RET pseudocode) and #NP(selector) for IRET (SDM Vol.2 IRET,
+    Protected Mode Exceptions: "#NP(selector) If the return code or stack segment is not present";
+    its pseudocode says #SS, but Bochs and QEMU follow the exception list)."""
     if selector & 0xFFFC == 0:
         raise CpuFault(Vector.GP, 0, detail="return to an outer level with a null SS")
     desc = read_descriptor(c, selector)
     if (selector & 3) != rpl or not desc.is_data or not desc.ar & 2 or desc.dpl != rpl:
         raise _gp(selector, f"return SS {selector:#x} is not a writable data segment at DPL {rpl}")
     if not desc.present:
-        raise CpuFault(Vector.SS, selector & 0xFFFC, detail=f"return stack segment {selector:#x} not present")
+        raise CpuFault(not_present, selector & 0xFFFC, detail=f"return stack segment {selector:#x} not present")
     return desc
 
 
@@ -368,7 +371,7 @@ def iret(c: CPU, size: int, next_ip: int | None = None) -> None:
         return
     new_esp = c.peek(3 * size, size)
     new_ss = c.peek(4 * size, size) & 0xFFFF
-    ss_desc = _return_stack_segment(c, new_ss, rpl)
+    ss_desc = _return_stack_segment(c, new_ss, rpl, Vector.NP)
     _check_offset(desc, eip)
     merge_eflags(c, flags, size, old_cpl, keep_rf=True)  # IF/IOPL rules use the old CPL
     commit_cs(c, selector, desc, rpl)

@@ -331,7 +331,10 @@ def _load_new_task(cpu: CPU, new: Descriptor, eip: int, eflags: int, regs: list[
         cpu.segs[i].load(sel, 0, 0, AR_UNUSABLE)
     cpu.ldtr.load(ldt_sel, 0, 0, AR_UNUSABLE)
     new_cpl = sels[CS] & 3
-    cpu.cpl = new_cpl
+    # until SS is loaded there is no usable stack: with CPL 3 a fault here is delivered with a
+    # stack switch to the new TSS's ring-0 stack (what Bochs does, "to force a privilege level
+    # change and stack switch if SS is not properly loaded")
+    cpu.cpl = 3
     cpu.update_mode()
     if cr3 is not None and cpu.cr0 & CR0_PG:
         try:
@@ -361,6 +364,8 @@ def _load_new_task(cpu: CPU, new: Descriptor, eip: int, eflags: int, regs: list[
     if ss.dpl != new_cpl or ss.dpl != ss_sel & 3:
         raise CpuFault(Vector.TS, ec, detail=f"new task's SS {ss_sel:#x}: DPL {ss.dpl} vs CPL {new_cpl}")
     commit_ss(cpu, ss_sel, ss)
+    cpu.cpl = new_cpl
+    cpu.update_mode()  # the stack size (SS.B) is part of the mode: a fault from here on pushes on it
     # DS ES FS GS: the MOV checks with #TS for type/privilege, #NP for not present
     for sreg in (DS, ES, FS, GS):
         sel = sels[sreg]
@@ -368,6 +373,7 @@ def _load_new_task(cpu: CPU, new: Descriptor, eip: int, eflags: int, regs: list[
         if desc is not None:
             set_accessed(cpu, sel, desc)
             cpu.segs[sreg].load(sel, desc.base, desc.limit, desc.ar | 1)
+    cpu.update_mode()
     # CS: code, DPL = RPL (non-conforming) or DPL <= RPL (conforming), present (#NP)
     cs_sel = sels[CS]
     ec = cs_sel & 0xFFFC

@@ -26,13 +26,14 @@ HANDLER_STRIDE = 16
 HANDLER_STUB = bytes([0xF4, 0xEB, 0xFD])  # hlt; jmp short back to the hlt
 PAGE_TABLES = 0x010000  # each target builds its own paging structures from here
 
-CODE = 0x100000  # user, read-only: the sequence (a store into it faults, as on both targets)
 DATA = 0x101000  # user, read/write: memory operands and string buffers; compared
 STACK = 0x102000  # user, read/write: ESP starts in the middle; compared
 STACK_ESP = STACK + 0x800
 RO_PAGE = 0x103000  # user, read-only: a store faults #PF(P|W|U)
 NP_PAGE = 0x104000  # not present: any access faults #PF(W|U)
 EXIT_PAGE = 0x105000  # user, read/write, mapped to EXIT_GPA: the store that ends a sequence
+CODE = 0x1F0000  # user, read-only: the program.  Its bytes differ per target (32- vs 64-bit code), so
+#                 it sits far from the pages programs address, where loads cannot reach it by accident
 EXIT_GPA = 0x3F000000  # outside RAM: an MMIO exit on KVM, an MMIO device on the software CPU
 SUPERVISOR_PAGE = HANDLERS  # present, supervisor-only: a user access faults #PF(P|U)
 

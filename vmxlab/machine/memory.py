@@ -16,6 +16,7 @@ from the CPU's fast path (device DMA, loaders, the slow path) calls
 
 from __future__ import annotations
 
+import mmap
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,6 +84,21 @@ class PhysicalMemory:
         #: counters of accesses that no region claimed, for the trace and tests
         self.unbacked_reads = 0
         self.unbacked_writes = 0
+
+    def use_buffer(self, buffer: bytearray | mmap.mmap) -> None:
+        """Move RAM into ``buffer`` (same size), copying what is there, and use it from now on.
+
+        Why: the ``kvm`` backend needs guest RAM in an ``mmap`` that KVM can map into the
+        guest (KVM_SET_USER_MEMORY_REGION takes a page-aligned host address), while the
+        loaders and devices were written against :attr:`ram`.  An ``mmap`` offers the same
+        API they use (slicing, slice assignment, ``struct.pack_into``/``unpack_from``), so
+        after this call the devices, the loaders and the guest all see one buffer.  Call it
+        before anything caches ``ram`` (the software CPU does, in its constructor).
+        """
+        if len(buffer) != self.size:
+            raise ValueError(f"buffer of {len(buffer):#x} bytes for {self.size:#x} bytes of RAM")
+        buffer[:] = self.ram
+        self.ram = buffer
 
     # -- layout -----------------------------------------------------------------
 

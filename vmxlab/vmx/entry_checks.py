@@ -84,7 +84,7 @@ from .qualifications import (
     InterruptionInfo,
     InterruptionType,
 )
-from .vmcs import PAGE_MASK, REVISION_ID_MASK, SHADOW_VMCS_INDICATOR, PhysMem, VmInstructionError, Vmcs
+from .vmcs import PAGE_MASK, REVISION_ID_MASK, SHADOW_VMCS_INDICATOR, PhysMem, Vmcs, VmInstructionError
 
 F = VmcsField
 

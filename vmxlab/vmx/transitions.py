@@ -86,10 +86,6 @@ IA32_SMM_MONITOR_CTL = 0x9B
 IA32_SMBASE = 0x9E
 
 
-def _efer_of(cpu: CPU) -> int:
-    return cpu.efer
-
-
 # ======================================================================== VM entry
 
 
@@ -192,7 +188,7 @@ def save_guest_state(cpu: CPU, vmcs: Vmcs, ept: bool, timer_value: int | None) -
     v[F.GUEST_IA32_SYSENTER_ESP] = cpu.msr.get(MSR_SYSENTER_ESP, 0)
     v[F.GUEST_IA32_SYSENTER_EIP] = cpu.msr.get(MSR_SYSENTER_EIP, 0)
     if exit_ctls & VM_EXIT_CTLS.SAVE_IA32_EFER:
-        v[F.GUEST_IA32_EFER] = _efer_of(cpu)
+        v[F.GUEST_IA32_EFER] = cpu.efer
     # 28.3.2 segment and descriptor-table registers (unusable = bit 16 of the access rights)
     for i in range(6):
         s = cpu.segs[i]

@@ -15,6 +15,7 @@ bare address computed by the caller) and keeps it in its frame across the call.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno as errno_mod
 import mmap
@@ -192,6 +193,8 @@ class KvmVm:
         self._msr_bitmaps: list[ctypes.Array] = []
         # ctypes exports pinning each slot's mmap (closed before the mmap on close())
         self._pins: dict[int, ctypes.c_char] = {}
+        # slots whose mmap belongs to the caller (map_memory): never closed here
+        self._borrowed: set[int] = set()
 
     def close(self) -> None:
         for v in self.vcpus:
@@ -201,11 +204,11 @@ class KvmVm:
             os.close(self.fd)
             self.fd = -1
         self._pins.clear()
-        for slot in self.slots.values():
-            try:
+        for n, slot in self.slots.items():
+            if n in self._borrowed:
+                continue
+            with contextlib.suppress(BufferError):  # a caller still holds a view; it goes with the process
                 slot.mem.close()
-            except BufferError:  # a caller still holds a view; the mapping goes with the process
-                pass
         self.slots.clear()
 
     def __enter__(self) -> KvmVm:
@@ -236,6 +239,31 @@ class KvmVm:
         self._pins[slot] = pin
         return ms
 
+    def map_memory(self, gpa: int, buffer: mmap.mmap, slot: int | None = None, *,
+                   readonly: bool = False) -> MemorySlot:
+        """Register an existing mapping (e.g. the Machine's RAM, :func:`guest_ram`) at ``gpa``
+        (api.rst 4.35).  Unlike :meth:`add_memory` the caller owns ``buffer``: it is pinned
+        while the slot exists and not closed by :meth:`close`.
+
+        ``readonly`` (KVM_MEM_READONLY, KVM_CAP_READONLY_MEM): guest reads come from the
+        buffer, guest writes exit as KVM_EXIT_MMIO -- how a ROM behaves on a PC bus.
+        """
+        size = len(buffer)
+        if gpa % mmap.PAGESIZE or size % mmap.PAGESIZE or size <= 0:
+            raise ValueError(f"memory slot {gpa:#x}+{size:#x}: address and size must be page-aligned")
+        if slot is None:
+            slot = max(self.slots, default=-1) + 1
+        pin = ctypes.c_char.from_buffer(buffer)
+        region = s.KvmUserspaceMemoryRegion(slot=slot, flags=k.KVM_MEM_READONLY if readonly else 0,
+                                            guest_phys_addr=gpa, memory_size=size,
+                                            userspace_addr=ctypes.addressof(pin))
+        _ioctl(self.fd, k.KVM_SET_USER_MEMORY_REGION, region, what=f"slot {slot} at {gpa:#x}")
+        ms = MemorySlot(slot, gpa, size, buffer, region.flags)
+        self.slots[slot] = ms
+        self._pins[slot] = pin
+        self._borrowed.add(slot)
+        return ms
+
     def remove_memory(self, slot: int) -> None:
         """Delete a slot (memory_size = 0, api.rst 4.35)."""
         ms = self.slots.pop(slot)
@@ -243,6 +271,9 @@ class KvmVm:
                                             userspace_addr=0)
         _ioctl(self.fd, k.KVM_SET_USER_MEMORY_REGION, region, what=f"delete slot {slot}")
         del self._pins[slot]
+        if slot in self._borrowed:
+            self._borrowed.discard(slot)
+            return
         try:
             ms.mem.close()
         except BufferError:
@@ -342,9 +373,27 @@ class KvmVcpu:
         # preallocated buffers for the hot path: no allocation per exit
         self._regs = s.KvmRegs()
         self._sregs = s.KvmSregs()
+        self._sync: s.KvmSyncRegs | None = None
+
+    @property
+    def sync_regs(self) -> s.KvmSyncRegs:
+        """The typed view of ``kvm_run.s.regs`` (KVM_CAP_SYNC_REGS; see :meth:`enable_sync_regs`)."""
+        if self._sync is None:
+            self._sync = s.KvmSyncRegs.from_buffer(self.run_map, s.KVM_SYNC_REGS_OFFSET)
+        return self._sync
+
+    def enable_sync_regs(self, parts: int = k.KVM_SYNC_X86_REGS | k.KVM_SYNC_X86_SREGS) -> s.KvmSyncRegs:
+        """Ask KVM to copy ``parts`` into ``kvm_run.s.regs`` on every exit (api.rst "kvm_valid_regs").
+
+        Write a field of the returned view and OR its part into ``kvm_run.kvm_dirty_regs``
+        to have KVM load it on the next KVM_RUN, instead of a KVM_SET_REGS ioctl.
+        """
+        self.kvm_run.kvm_valid_regs = parts
+        return self.sync_regs
 
     def close(self) -> None:
         if self.fd >= 0:
+            self._sync = None
             del self.kvm_run
             try:
                 self.run_map.close()

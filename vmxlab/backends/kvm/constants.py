@@ -121,6 +121,8 @@ class Cap(enum.IntEnum):
     SET_IDENTITY_MAP_ADDR = 37
     VCPU_EVENTS = 41
     INTERNAL_ERROR_DATA = 40
+    READONLY_MEM = 31
+    SYNC_REGS = 74
     MAX_VCPUS = 66
     SPLIT_IRQCHIP = 121
     X2APIC_API = 129
@@ -198,6 +200,12 @@ KVM_PIT_SPEAKER_DUMMY = 1
 # kvm_userspace_memory_region.flags
 KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
 KVM_MEM_READONLY = 1 << 1
+
+# kvm_run.kvm_valid_regs / kvm_dirty_regs with KVM_CAP_SYNC_REGS (api.rst 6.x "kvm_run.s.regs"):
+# which parts of struct kvm_sync_regs KVM copies out on every exit / reads back on the next KVM_RUN
+KVM_SYNC_X86_REGS = 1 << 0
+KVM_SYNC_X86_SREGS = 1 << 1
+KVM_SYNC_X86_EVENTS = 1 << 2
 
 # kvm_vcpu_events.flags (which optional fields are valid on SET)
 KVM_VCPUEVENT_VALID_NMI_PENDING = 0x00000001

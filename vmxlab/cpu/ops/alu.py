@@ -283,7 +283,7 @@ def div(ins: Instruction, ctx: Ctx) -> Handler:
         if src == 0:
             raise CpuFault(Vector.DE, None, detail="division by zero")
         if is_signed:
-            n = signed(dividend, size * 2) if size < 4 else (dividend - (1 << 64) if dividend >> 63 else dividend)
+            n = signed(dividend, size * 2) if size < 4 else dividend - ((dividend >> 63) << 64)
             d = signed(src, size)
             q = abs(n) // abs(d)
             if (n < 0) != (d < 0):

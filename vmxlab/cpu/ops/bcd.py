@@ -27,6 +27,8 @@ DAA_HIGH_FIX = 0x60  # ... and of the high digit
 DAA_HIGH_LIMIT = 0x99  # largest packed-BCD byte
 ASCII_FIX = 0x106  # AAA: AX := AX + 106H
 AAS_FIX_AL = 6  # AAS: AX := AX - 6; AH := AH - 1
+AH_ONE = 0x100  # 1 in AH, as an AX value
+KEEP_AH_LOW_DIGIT = 0xFF0F  # AL := AL AND 0FH with AH kept
 AAD_FLAGS = fl.op(fl.K_ADD, 1)  # AAD's flags are those of an 8-bit ADD
 
 
@@ -102,7 +104,7 @@ def aaa(ins: Instruction, ctx: Ctx) -> Handler:
             adjust = fl.AF | fl.CF
         else:
             adjust = 0
-        ax &= 0xFF0F  # AL := AL AND 0FH
+        ax &= KEEP_AH_LOW_DIGIT
         r[EAX] = (r[EAX] & 0xFFFF0000) | ax
         # undefined (measured on an Intel Xeon): SF ZF PF from the final AL, OF = 0
         c.set_status_flags(SZP8[ax & 0xFF] | adjust)
@@ -120,11 +122,11 @@ def aas(ins: Instruction, ctx: Ctx) -> Handler:
         ax = r[EAX] & 0xFFFF
         if (ax & LOW_NIBBLE) > MAX_DIGIT or f & fl.AF:
             ax = (ax - AAS_FIX_AL) & 0xFFFF
-            ax = (ax - 0x100) & 0xFFFF
+            ax = (ax - AH_ONE) & 0xFFFF
             adjust = fl.AF | fl.CF
         else:
             adjust = 0
-        ax &= 0xFF0F
+        ax &= KEEP_AH_LOW_DIGIT
         r[EAX] = (r[EAX] & 0xFFFF0000) | ax
         # undefined (measured on an Intel Xeon): SF ZF PF from the final AL, OF = 0
         c.set_status_flags(SZP8[ax & 0xFF] | adjust)

@@ -53,7 +53,7 @@ from ..state import (
     SS,
 )
 from . import Ctx, Handler, handles
-from .operands import getter, is_reg, op_size, rmw, setter
+from .operands import GPR, getter, is_reg, op_size, rmw, setter
 from .system import check_umip, require_cpl0
 
 if TYPE_CHECKING:
@@ -252,8 +252,19 @@ def arpl(ins: Instruction, ctx: Ctx) -> Handler:
     """ARPL r/m16, r16 (SDM Vol.2 ARPL): if DEST.RPL < SRC.RPL then DEST.RPL := SRC.RPL, ZF := 1;
     else ZF := 0.  A memory destination is read and written as one operand (#GP if not writable
     even when nothing changes, since the processor accesses it read-modify-write)."""
-    load, store = rmw(ins, 0)
     src = getter(ins, 1, 2)
+    if is_reg(ins, 0):
+        # 32-bit code decodes the register form as ARPL r32/m16, r32 (iced ARPL_R32M16_R32); the
+        # operation is still 16 bits wide: only bits 15:0 of the register change (as in Bochs)
+        idx = GPR[ins.op_register(0)][0]
+
+        def load(c: CPU) -> tuple[int, int]:
+            return 0, c.regs[idx] & 0xFFFF
+
+        def store(c: CPU, where: int, value: int) -> None:
+            c.regs[idx] = (c.regs[idx] & 0xFFFF0000) | value
+    else:
+        load, store = rmw(ins, 0)
 
     def h(c: CPU) -> None:
         _require_pe(c, "ARPL")
