@@ -4,8 +4,8 @@ exit values, guests that stop without an exit, and the VMCS set-up helpers."""
 from __future__ import annotations
 
 import pytest
-
 from test_vmx_exits import EAX, guest, run
+
 from vmxlab.cpu.core import CPU
 from vmxlab.cpu.faults import Vector
 from vmxlab.machine.machine import Console, Machine, StopReason
@@ -65,7 +65,9 @@ def test_vmlaunch_vmresume_launch_state_errors() -> None:
     assert isinstance(v.vmresume(), VmExit)
     v.vmclear(v.vmptrst()).check()
     r = v.vmresume()
-    assert r.result.status is VmxStatus.FAIL_INVALID and r.result.rflags(0x2) == 0x3  # VMCLEAR left no current VMCS
+    assert (
+        r.result.status is VmxStatus.FAIL_INVALID and r.result.rflags(0x2) == 0x3
+    )  # VMCLEAR left no current VMCS
 
 
 def test_exit_value_fields_and_text() -> None:
@@ -113,7 +115,44 @@ def test_explain_entry_lists_every_failure() -> None:
 @pytest.mark.parametrize("mode", ["real", "flat32", "paged32"])
 def test_helpers_fill_a_valid_vmcs(mode: str) -> None:
     load = 0x7C00 if mode == "real" else 0x100000
-    v = build_guest_vm(bytes([0x0F, 0xA2]), mode=mode, load=load, stack=0x7000, use_ept=mode != "paged32").vcpu
+    v = build_guest_vm(
+        bytes([0x0F, 0xA2]), mode=mode, load=load, stack=0x7000, use_ept=mode != "paged32"
+    ).vcpu
     assert v.explain_entry() == []
     e = v.vmlaunch()
     assert isinstance(e, VmExit) and e.reason == R.CPUID and e.guest_rip == load
+
+
+def test_helpers_hide_vmx_from_the_guest() -> None:
+    """CR4.VMXE reads as 0 and CR0.NE as in a real-mode CPU; writes that keep them neither exit nor #GP."""
+    v = guest(
+        "mov eax, cr0\nmov ebx, eax\nor eax, 1\nmov cr0, eax\n"
+        "mov ecx, cr4\nxor edx, edx\nmov cr4, edx\nvmcall",
+        mode="real",
+    )
+    e = run(v)
+    assert e.reason == R.VMCALL
+    regs = v.regs
+    assert regs[3] & 0xFFFF == 0x10 and regs[1] == 0  # EBX: CR0 as the guest sees it; ECX: CR4
+    assert (
+        v.vmread(F.GUEST_CR0) & 0x21 == 0x21 and v.vmread(F.GUEST_CR4) == 0x2000
+    )  # PE set, NE and VMXE kept
+
+
+def test_trace_events() -> None:
+    from vmxlab.trace.events import ListSink, Tracer
+
+    v = guest("cpuid\nvmcall")
+    sink = ListSink()
+    Tracer([sink]).attach(v.cpu)
+    e = run(v)
+    v.vmwrite(F.GUEST_RFLAGS, 0)
+    v.vmresume()
+    entry, exit_, failure = sink.of("vm-entry"), sink.of("vm-exit"), sink.of("vm-entry-failure")
+    assert len(entry) == 1 and entry[0]["launch"] and entry[0]["vmx"] == "non-root"
+    assert (
+        exit_[0]["reason"] == 10
+        and exit_[0]["reason_name"] == "CPUID"
+        and exit_[0]["guest"]["rip"] == e.guest_rip
+    )
+    assert failure[0]["reason"] == 33 and failure[0]["check"] == "guest_rflags_reserved" and failure[0]["sdm"]

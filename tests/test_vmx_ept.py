@@ -4,8 +4,8 @@ flags, remapping (SDM Vol.3C 29.3; qualification Table 28-7)."""
 from __future__ import annotations
 
 import pytest
+from test_vmx_exits import EAX
 
-from test_vmx_exits import EAX, guest, run
 from vmxlab.vmx.ept import (
     EPT_ACCESSED,
     EPT_DIRTY,
@@ -107,8 +107,10 @@ def test_without_ad_flags_nothing_is_written() -> None:
     assert not ept.get_entry(0x6000) & (EPT_ACCESSED | EPT_DIRTY)
 
 
-@pytest.mark.parametrize("bad", [EPT_WRITE, EPT_WRITE | EPT_EXECUTE, EPT_RWX | 2 << 3, EPT_RWX | 7 << 3,
-                                 EPT_RWX | 6 << 3 | 1 << 40])
+@pytest.mark.parametrize(
+    "bad",
+    [EPT_WRITE, EPT_WRITE | EPT_EXECUTE, EPT_RWX | 2 << 3, EPT_RWX | 7 << 3, EPT_RWX | 6 << 3 | 1 << 40],
+)
 def test_misconfigured_leaf(bad: int) -> None:
     v, ept = ept_guest("mov eax, [0x5000]")
     ept.set_entry(0x5000, 1, 0x5000 | bad)
@@ -186,3 +188,37 @@ def test_violation_during_event_delivery_records_idt_vectoring() -> None:
 def test_eptp_helpers() -> None:
     assert make_eptp(0x5000) == 0x501E
     assert make_eptp(0x5000, accessed_dirty=True) == 0x505E
+
+
+def _pae_tables(v, pdpt: int, pd: int) -> None:
+    """PAE paging: a PDPT whose entry 0 points at a PD of 2-MiB identity pages for the first 16 MiB."""
+    for i in range(8):
+        v.memory.write(pd + 8 * i, 8, (i << 21) | 0x83)
+    v.memory.write(pdpt, 8, pd | 1)
+
+
+def test_pae_guest_pdptes_come_from_the_vmcs_with_ept() -> None:
+    """With EPT, VM entry loads the PDPTEs from the guest-state area, not from CR3 (SDM Vol.3C 27.3.2.4);
+    VM exit saves them (28.3.4); MOV to CR3 in the guest loads them from memory through EPT."""
+    v, ept = ept_guest(
+        "mov eax, [0x5010]\nvmcall\nmov ebx, 0x8000\nmov cr3, ebx\nmov eax, [0x5010]\nvmcall", mode="paged32"
+    )
+    _pae_tables(v, 0x8000, 0x9000)  # the right tables
+    v.memory.write(0x7000, 8, 0xA000 | 1)  # CR3's table points at an empty page directory
+    v.memory.write(0x5010, 4, 0xCAFE)
+    v.write({F.GUEST_CR4: 0x2020, F.GUEST_CR3: 0x7000, F.GUEST_PDPTE0: 0x9000 | 1, F.CR4_READ_SHADOW: 0x20})
+    e = v.vmlaunch()
+    assert e.reason == R.VMCALL and v.regs[EAX] == 0xCAFE
+    assert v.vmread(F.GUEST_PDPTE0) == 0x9001 and v.vmread(F.GUEST_PDPTE1) == 0
+    v.skip_instruction(e)
+    e = v.vmresume()
+    assert e.reason == R.VMCALL and v.regs[EAX] == 0xCAFE and v.vmread(F.GUEST_PDPTE0) == 0x9001
+
+
+def test_pae_guest_pdptes_come_from_cr3_without_ept() -> None:
+    v = build_guest_vm(bytes([0xA1, 0x10, 0x50, 0, 0, 0x0F, 0x01, 0xC1]), mode="paged32", use_ept=False).vcpu
+    _pae_tables(v, 0x8000, 0x9000)
+    v.memory.write(0x5010, 4, 0xBEEF)
+    v.write({F.GUEST_CR4: 0x2020, F.GUEST_CR3: 0x8000, F.GUEST_PDPTE0: 0xDEAD000})
+    e = v.vmlaunch()
+    assert e.reason == R.VMCALL and v.regs[EAX] == 0xBEEF

@@ -4,9 +4,11 @@ external interrupts and NMIs, the VMX-preemption timer (SDM Vol.3C 26.2, 27.6, 2
 
 from __future__ import annotations
 
+from test_vmx_exits import EBX, ECX, guest, resume, run
+
 from vmxlab.cpu.faults import Vector
 from vmxlab.cpu.ops.system import read_tsc
-from vmxlab.vmx.api import GuestStopped, VmExit
+from vmxlab.vmx.api import GuestStopped
 from vmxlab.vmx.capabilities import PREEMPTION_TIMER_RATE
 from vmxlab.vmx.controls import PIN_BASED_CTLS as PIN
 from vmxlab.vmx.controls import PRIMARY_PROC_BASED_CTLS as P
@@ -16,8 +18,6 @@ from vmxlab.vmx.fields import VmcsField as F
 from vmxlab.vmx.qualifications import InterruptionInfo
 from vmxlab.vmx.qualifications import InterruptionType as T
 from vmxlab.vmx.setup import set_controls
-
-from test_vmx_exits import EBX, ECX, guest, resume, run
 
 GATE = """
 %macro GATE 3
@@ -37,13 +37,20 @@ def handler_guest(vectors: dict[int, int] | None = None, body: str = "", **kw):
     """A guest that installs ``handler`` (records [esp], [esp+4] in EBX, ECX, then VMCALL) for each
     vector, then runs ``body``; ``entry`` is the RIP after the set-up."""
     gates = "".join(f"        GATE {vec}, handler, {attr:#x}\n" for vec, attr in (vectors or {}).items())
-    v = guest(GATE + gates + "        vmcall\nentry:\n" + body + """
+    v = guest(
+        GATE
+        + gates
+        + "        vmcall\nentry:\n"
+        + body
+        + """
         vmcall
 handler:
         mov ebx, [esp]
         mov ecx, [esp+4]
         vmcall
-    """, **kw)
+    """,
+        **kw,
+    )
     e = run(v)
     assert e.reason == R.VMCALL
     v.skip_instruction(e)
@@ -62,7 +69,9 @@ def test_exception_bitmap_hardware_and_software_exceptions() -> None:
     e = resume(v, InstructionLength(2))
     assert e.interruption == InterruptionInfo(3, T.SOFTWARE_EXCEPTION) and e.instruction_length == 1
     e = resume(v, e)
-    assert e.interruption == InterruptionInfo(1, T.PRIVILEGED_SOFTWARE_EXCEPTION) and e.instruction_length == 1
+    assert (
+        e.interruption == InterruptionInfo(1, T.PRIVILEGED_SOFTWARE_EXCEPTION) and e.instruction_length == 1
+    )
     e = resume(v, e)
     assert e.interruption == InterruptionInfo(4, T.SOFTWARE_EXCEPTION) and e.guest_rip == 0x100008
     # INT n never consults the bitmap (bit 0x21 does not exist); its gate in the empty IDT is not a gate: #GP
@@ -157,8 +166,15 @@ def test_inject_software_interrupt_returns_after_the_instruction() -> None:
 def test_injected_software_interrupt_obeys_the_gate_dpl() -> None:
     """INT n injected at CPL 3 through a DPL-0 gate: #GP(vector*8+2), as for a real INT n."""
     v, entry = handler_guest({0x80: INT_GATE_DPL0}, "nop")
-    v.write({F.GUEST_CS_SELECTOR: 0x1B, F.GUEST_CS_ACCESS_RIGHTS: 0xC0FB, F.GUEST_SS_SELECTOR: 0x23,
-             F.GUEST_SS_ACCESS_RIGHTS: 0xC0F3, F.EXCEPTION_BITMAP: 1 << Vector.GP})
+    v.write(
+        {
+            F.GUEST_CS_SELECTOR: 0x1B,
+            F.GUEST_CS_ACCESS_RIGHTS: 0xC0FB,
+            F.GUEST_SS_SELECTOR: 0x23,
+            F.GUEST_SS_ACCESS_RIGHTS: 0xC0F3,
+            F.EXCEPTION_BITMAP: 1 << Vector.GP,
+        }
+    )
     _inject(v, 0x80, T.SOFTWARE_INTERRUPT, length=2)
     e = run(v, launch=False)
     assert e.interruption.vector == Vector.GP and e.interruption_error_code == 0x80 * 8 + 2
@@ -292,5 +308,6 @@ def test_preemption_timer_wakes_hlt() -> None:
     e = run(v)
     assert e.reason == R.VMX_PREEMPTION_TIMER_EXPIRED and e.guest_rip == 0x100001
     assert v.vmread(F.GUEST_ACTIVITY_STATE) == 1  # exited from the HLT state
-    r = v.vmresume(max_instructions=100)  # without the timer nothing can wake it
-    assert isinstance(r, VmExit) or isinstance(r, GuestStopped)
+    set_controls(v, PINF, clear_bits=PIN.ACTIVATE_VMX_PREEMPTION_TIMER)
+    r = v.vmresume(max_instructions=100)  # without the timer nothing can wake it (IF = 0)
+    assert isinstance(r, GuestStopped) and r.stop.reason.value == "halted"

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from test_vmx_events import GATE, INT_GATE_DPL0, INT_GATE_DPL3
 from test_vmx_exits import EBX, ECX, EDX, guest, run
+
 from vmxlab.cpu.faults import Vector
 from vmxlab.vmx.controls import PRIMARY_PROC_BASED_CTLS as P
 from vmxlab.vmx.exit_reasons import ExitReason as R
 from vmxlab.vmx.fields import VmcsField as F
 
 #: ring 0 sets up #GP and INT 0x80 handlers, IRETs to ring 3 at user:, which runs USER
-RING3 = GATE + """
+RING3 = (
+    GATE
+    + """
         GATE 13, gp_handler, {gp:#x}
         GATE 0x80, syscall, {sc:#x}
         push 0x23               ; SS
@@ -33,6 +36,7 @@ syscall:
         mov ebx, 0x5C5C
         iret
 """
+)
 
 
 def ring3_guest(user: str, **kw):
@@ -90,5 +94,9 @@ def test_exception_bitmap_sees_the_ring3_gp() -> None:
     v = ring3_guest("in al, 0x60")
     v.vmwrite(F.EXCEPTION_BITMAP, 1 << Vector.GP)
     e = run(v)
-    assert e.reason == R.EXCEPTION_OR_NMI and e.interruption.vector == Vector.GP and e.interruption_error_code == 0
+    assert (
+        e.reason == R.EXCEPTION_OR_NMI
+        and e.interruption.vector == Vector.GP
+        and e.interruption_error_code == 0
+    )
     assert v.vmread(F.GUEST_CS_SELECTOR) == 0x1B

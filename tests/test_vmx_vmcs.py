@@ -68,11 +68,30 @@ def test_width_and_type_come_from_the_encoding(field: VmcsField) -> None:
     assert field & 1 == 0 and not field & (1 << 12) and field >> 15 == 0
     assert field.width == FieldWidth((field >> 13) & 3)
     assert field.type == FieldType((field >> 10) & 3)
-    prefix = {FieldType.CONTROL: ("VIRTUAL", "IO_", "MSR", "VM_", "TSC", "APIC", "EPT", "VMREAD", "VMWRITE",
-                                  "PIN", "PRIMARY", "SECONDARY", "EXCEPTION", "PAGE", "CR", "TPR", "PLE"),
-              FieldType.EXIT_INFORMATION: ("GUEST_PHYSICAL", "VM_", "EXIT", "IDT", "IO_", "GUEST_LINEAR"),
-              FieldType.GUEST_STATE: ("GUEST", "VMCS_LINK", "VMX_PREEMPTION"),
-              FieldType.HOST_STATE: ("HOST",)}[field.type]
+    prefix = {
+        FieldType.CONTROL: (
+            "VIRTUAL",
+            "IO_",
+            "MSR",
+            "VM_",
+            "TSC",
+            "APIC",
+            "EPT",
+            "VMREAD",
+            "VMWRITE",
+            "PIN",
+            "PRIMARY",
+            "SECONDARY",
+            "EXCEPTION",
+            "PAGE",
+            "CR",
+            "TPR",
+            "PLE",
+        ),
+        FieldType.EXIT_INFORMATION: ("GUEST_PHYSICAL", "VM_", "EXIT", "IDT", "IO_", "GUEST_LINEAR"),
+        FieldType.GUEST_STATE: ("GUEST", "VMCS_LINK", "VMX_PREEMPTION"),
+        FieldType.HOST_STATE: ("HOST",),
+    }[field.type]
     assert field.name.startswith(prefix), field.name
 
 
@@ -100,8 +119,12 @@ def test_every_writable_field_round_trips_truncated_to_its_width(vmx, mem, field
     assert vmwrite(vmx, ROOT, field, pattern).ok
     expected = pattern & ((1 << field.bits) - 1)
     assert vmread(vmx, ROOT, field).value == expected
-    assert field.bits == {FieldWidth.BITS16: 16, FieldWidth.BITS32: 32, FieldWidth.BITS64: 64,
-                          FieldWidth.NATURAL: 32}[field.width]  # natural width is 32 bits without Intel 64
+    assert (
+        field.bits
+        == {FieldWidth.BITS16: 16, FieldWidth.BITS32: 32, FieldWidth.BITS64: 64, FieldWidth.NATURAL: 32}[
+            field.width
+        ]
+    )  # natural width is 32 bits without Intel 64
 
 
 @pytest.mark.parametrize("field", [f for f in VmcsField if f.type == FieldType.EXIT_INFORMATION])
@@ -113,8 +136,9 @@ def test_exit_information_fields_are_read_only(vmx, mem, field: VmcsField) -> No
     assert vmread(vmx, ROOT, field).ok
 
 
-@pytest.mark.parametrize("field", [f for f in VmcsField if f.width == FieldWidth.BITS64
-                                   and f.type != FieldType.EXIT_INFORMATION])
+@pytest.mark.parametrize(
+    "field", [f for f in VmcsField if f.width == FieldWidth.BITS64 and f.type != FieldType.EXIT_INFORMATION]
+)
 def test_high_access_aliases_the_upper_half(vmx, mem, field: VmcsField) -> None:
     current(vmx, mem)
     vmwrite(vmx, ROOT, field, 0x1111_2222_3333_4444)
@@ -124,8 +148,9 @@ def test_high_access_aliases_the_upper_half(vmx, mem, field: VmcsField) -> None:
     assert vmread(vmx, ROOT, field, operand_bits=32).value == 0x3333_4444
 
 
-@pytest.mark.parametrize("encoding", [0x0001, 0x0803, 0x4001, 0x681F, 0x6C18, 0x1000, 0x8000, 0x2030, 0x4830,
-                                      0xFFFFFFFF, 0x0002])
+@pytest.mark.parametrize(
+    "encoding", [0x0001, 0x0803, 0x4001, 0x681F, 0x6C18, 0x1000, 0x8000, 0x2030, 0x4830, 0xFFFFFFFF, 0x0002]
+)
 def test_unsupported_components_fail_with_error_12(vmx, mem, encoding: int) -> None:
     """High access of a non-64-bit field, reserved bits 12 and 31:15, indexes without a field."""
     current(vmx, mem)
@@ -147,7 +172,9 @@ def test_rflags_effects() -> None:
     dirty = 0x2 | CF | PF | ZF | SF | OF | (1 << 9)
     assert VmxResult(VmxStatus.SUCCEED).rflags(dirty) == 0x2 | (1 << 9)
     assert VmxResult(VmxStatus.FAIL_INVALID).rflags(dirty) == 0x2 | CF | (1 << 9)
-    assert VmxResult(VmxStatus.FAIL_VALID, E.VMLAUNCH_WITH_NON_CLEAR_VMCS).rflags(dirty) == 0x2 | ZF | (1 << 9)
+    assert VmxResult(VmxStatus.FAIL_VALID, E.VMLAUNCH_WITH_NON_CLEAR_VMCS).rflags(dirty) == 0x2 | ZF | (
+        1 << 9
+    )
     assert VmxResult(VmxStatus.FAULT, fault_vector=13).rflags(dirty) == dirty
 
 
@@ -161,13 +188,26 @@ def test_vmxon_checks(mem) -> None:
     r = vmxon(s, InstructionContext(cr0=0x10, cr4=0x2000), mem, VMXON_REGION)
     assert r.status is VmxStatus.FAULT and r.fault_vector == Vector.UD
     assert vmxon(s, InstructionContext(cr0=0x80000031, cr4=0), mem, VMXON_REGION).fault_vector == Vector.UD
-    assert vmxon(s, InstructionContext(0x80000031, 0x2000, cpl=3), mem, VMXON_REGION).fault_vector == Vector.GP
+    assert (
+        vmxon(s, InstructionContext(0x80000031, 0x2000, cpl=3), mem, VMXON_REGION).fault_vector == Vector.GP
+    )
     no_ne = vmxon(s, InstructionContext(0x80000011, 0x2000), mem, VMXON_REGION)
     assert no_ne.fault_vector == Vector.GP and no_ne.fault_error_code == 0
-    assert vmxon(s, InstructionContext(0x80000031, 0x2000, feature_control=FEATURE_CONTROL.ENABLE_VMX_OUTSIDE_SMX),
-                 mem, VMXON_REGION).fault_vector == Vector.GP
-    assert vmxon(s, InstructionContext(0x80000031, 0x2000, feature_control=FEATURE_CONTROL.LOCK),
-                 mem, VMXON_REGION).fault_vector == Vector.GP
+    assert (
+        vmxon(
+            s,
+            InstructionContext(0x80000031, 0x2000, feature_control=FEATURE_CONTROL.ENABLE_VMX_OUTSIDE_SMX),
+            mem,
+            VMXON_REGION,
+        ).fault_vector
+        == Vector.GP
+    )
+    assert (
+        vmxon(
+            s, InstructionContext(0x80000031, 0x2000, feature_control=FEATURE_CONTROL.LOCK), mem, VMXON_REGION
+        ).fault_vector
+        == Vector.GP
+    )
     assert vmxon(s, ROOT, mem, VMXON_REGION + 0x10).status is VmxStatus.FAIL_INVALID
     assert vmxon(s, ROOT, mem, 1 << 32).status is VmxStatus.FAIL_INVALID
     mem.write(VMCS_B, 4, VMCS_REVISION_ID ^ 1)
@@ -177,7 +217,9 @@ def test_vmxon_checks(mem) -> None:
     assert not s.in_vmx_operation
     assert vmxon(s, ROOT, mem, VMXON_REGION).ok and s.in_vmx_operation
     assert s.current_vmcs_pointer == INVALID_VMCS_POINTER
-    assert vmxon(s, ROOT, mem, VMXON_REGION).status is VmxStatus.FAIL_INVALID  # no current VMCS: VMfailInvalid
+    assert (
+        vmxon(s, ROOT, mem, VMXON_REGION).status is VmxStatus.FAIL_INVALID
+    )  # no current VMCS: VMfailInvalid
     current(s, mem)
     r = vmxon(s, ROOT, mem, VMXON_REGION)
     assert r.status is VmxStatus.FAIL_VALID and r.error == E.VMXON_IN_VMX_ROOT_OPERATION == 15
@@ -185,8 +227,15 @@ def test_vmxon_checks(mem) -> None:
 
 def test_instructions_outside_vmx_operation_are_ud(mem) -> None:
     s = VmxState()
-    for r in (vmxoff(s, ROOT), vmclear(s, ROOT, mem, VMCS_A), vmptrld(s, ROOT, mem, VMCS_A), vmptrst(s, ROOT),
-              vmread(s, ROOT, 0), vmwrite(s, ROOT, 0, 0), vmlaunch_vmresume_checks(s, ROOT, True)):
+    for r in (
+        vmxoff(s, ROOT),
+        vmclear(s, ROOT, mem, VMCS_A),
+        vmptrld(s, ROOT, mem, VMCS_A),
+        vmptrst(s, ROOT),
+        vmread(s, ROOT, 0),
+        vmwrite(s, ROOT, 0, 0),
+        vmlaunch_vmresume_checks(s, ROOT, True),
+    ):
         assert r is not None and r.status is VmxStatus.FAULT and r.fault_vector == Vector.UD
 
 
@@ -257,7 +306,9 @@ def test_launch_state_errors(vmx, mem) -> None:
     assert vmlaunch_vmresume_checks(vmx, ROOT, True).error == E.VMLAUNCH_WITH_NON_CLEAR_VMCS == 4
     assert vmlaunch_vmresume_checks(vmx, ROOT, False) is None
     mov_ss = InstructionContext(0x80000031, 0x2000, blocked_by_mov_ss=True)
-    assert vmlaunch_vmresume_checks(vmx, mov_ss, False).error == E.VM_ENTRY_WITH_EVENTS_BLOCKED_BY_MOV_SS == 26
+    assert (
+        vmlaunch_vmresume_checks(vmx, mov_ss, False).error == E.VM_ENTRY_WITH_EVENTS_BLOCKED_BY_MOV_SS == 26
+    )
     assert vmclear(vmx, ROOT, mem, VMCS_A).ok and vmptrld(vmx, ROOT, mem, VMCS_A).ok
     assert vmx.current.launch_state is LaunchState.CLEAR
 

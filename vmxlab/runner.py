@@ -54,7 +54,8 @@ class RunOptions:
 @dataclass
 class RunResult:
     stop: StopRequest
-    instructions: int
+    #: None when the backend cannot count guest instructions (kvm)
+    instructions: int | None
     seconds: float
     console: bytes
     machine: Machine
@@ -63,6 +64,8 @@ class RunResult:
 
     @property
     def mips(self) -> float:
+        if self.instructions is None:
+            return 0.0
         return self.instructions / self.seconds / 1e6 if self.seconds > 0 else 0.0
 
     @property
@@ -75,6 +78,10 @@ class RunResult:
         s = self.stop
         detail = f" ({s.detail})" if s.detail else ""
         post = f", last POST code {self.machine.post_codes[-1]:#04x}" if self.machine.post_codes else ""
+        if self.instructions is None:  # kvm: no instruction count, say what the backend knows instead
+            extra = getattr(self.backend, "summary", None)
+            what = extra() if extra is not None else "instructions: n/a"
+            return f"{what}, {self.seconds:.3f} s, stopped: {s.reason.value}{detail}{post}"
         return (f"{self.instructions} instructions in {self.seconds:.3f} s ({self.mips:.2f} M instr/s), "
                 f"stopped: {s.reason.value}{detail}{post}")
 
@@ -94,6 +101,10 @@ class RunResult:
         cpu = getattr(self.backend, "cpu", None)
         if cpu is not None and hasattr(cpu, "state_dict"):
             d["final_state"] = cpu.state_dict()
+        elif hasattr(self.backend, "state_dict"):  # kvm: the vCPU's registers in the same shape
+            d["final_state"] = self.backend.state_dict()
+        if hasattr(self.backend, "exit_summary"):
+            d["exits"] = self.backend.exit_summary()
         return d
 
 
@@ -212,5 +223,8 @@ def run_image(opts: RunOptions) -> RunResult:
     if tracer is not None:
         tracer.emit("stop", reason=stop.reason.value, detail=stop.detail)
         tracer.close()
-    instructions = getattr(getattr(backend, "cpu", None), "icount", 0)
+    if getattr(backend, "counts_instructions", True):
+        instructions: int | None = getattr(getattr(backend, "cpu", None), "icount", 0)
+    else:
+        instructions = None
     return RunResult(stop, instructions, seconds, bytes(machine.console.captured), machine, backend, entry)

@@ -403,6 +403,35 @@ class CPU:
             return
         self.lwrite_slow(la, size, value, user)
 
+    def lread_rmw(self, la: int, size: int, user: bool | None = None) -> int:
+        """The load of a read-modify-write instruction (ADD [m], r; XCHG; ...): translated with write
+        intent, as hardware does, so a read-only or not-present page faults at the load with W = 1 in
+        the #PF error code (SDM Vol.3A 4.7; the store that follows cannot fault on paging then)."""
+        if user is None:
+            tlb = self.tlb_w
+            user = self.cpl == 3
+        else:
+            tlb = self.tlb_uw if user else self.tlb_sw
+        la &= M32
+        p = tlb.get(la >> 12)
+        off = la & 0xFFF
+        if p is not None and off + size <= 0x1000:
+            if size == 4:
+                return U32.unpack_from(self.ram, p | off)[0]
+            if size == 1:
+                return self.ram[p | off]
+            if size == 2:
+                return U16.unpack_from(self.ram, p | off)[0]
+            return U64.unpack_from(self.ram, p | off)[0]
+        acc = ACC_WRITE | (PF_U if user else 0)
+        if off + size > 0x1000:
+            split = 0x1000 - off
+            pa1 = self.translate(la, acc)
+            pa2 = self.translate((la + split) & M32, acc)
+            return int.from_bytes(self.memory.read_bytes(pa1, split) + self.memory.read_bytes(pa2, size - split),
+                                  "little")
+        return self.memory.read(self.translate(la, acc), size)
+
     def lread_slow(self, la: int, size: int, user: bool) -> int:
         """TLB miss, page-crossing or non-RAM load: translate (may #PF), fill the TLB, load."""
         acc = ACC_READ | (PF_U if user else 0)

@@ -27,8 +27,9 @@ class VmxHooks(Protocol):
         """An instruction that may exit: "cpuid", "hlt", "invd", "wbinvd", "invlpg" (linear=),
         "rdpmc", "rdtsc", "rdmsr"/"wrmsr" (msr=), "io" (port=, size=, is_in=, imm=, string=, rep=),
         "mov_dr" (dr=, gpr=, to_dr=), "descriptor_table" (instruction= 0 SGDT 1 SIDT 2 LGDT 3 LIDT),
-        "ldtr_tr" (instruction= 0 SLDT 1 STR 2 LLDT 3 LTR), "pause", "vmx" (instruction=reason number),
-        ...  Raises VmExitSignal when the VMM's controls make it exit."""
+        "ldtr_tr" (instruction= 0 SLDT 1 STR 2 LLDT 3 LTR), "pause", "wbinvd", "monitor", "mwait",
+        "vmx" (instruction=reason number), "task_switch" (selector=, source= as in the exit qualification),
+        ...  Raises VmExitSignal when the VMM's controls make it exit (implementation: vmx/nonroot.py)."""
 
     def read_cr(self, cpu: CPU, n: int, value: int, gpr: int | None) -> int:
         """MOV from CR0/CR3/CR4 (and SMSW, gpr None): exit (CR3-store exiting) or return the value the

@@ -58,7 +58,7 @@ def _fits(kind: str, op: Operand, size: int | None, imm_ok_bits: int = 32) -> bo
     if kind in ("AL", "AX", "EAX", "CL", "DX"):
         return isinstance(op, Reg) and op.name == kind.lower()
     if kind.endswith("_OR_MEM"):
-        return (isinstance(op, Reg) or isinstance(op, Mem)) and size == want
+        return isinstance(op, (Reg, Mem)) and size == want
     if kind.endswith(("_REG", "_OPCODE")):
         return isinstance(op, Reg) and size == want
     if kind == "MEM":
@@ -91,7 +91,8 @@ def insn(text: str) -> Insn:
     sizes = [s for _, s in parsed]
     known = next((s for s in sizes if s), None)
     sizes = [s if s or not isinstance(o, Mem) else known for o, s in parsed]
-    for t in _by_mnemonic().get(mn.upper(), []):
+    # forms the KVM target can run first (INC_RM32 before the 32-bit-only INC_R32 short form)
+    for t in sorted(_by_mnemonic().get(mn.upper(), []), key=lambda t: not t.kvm64):
         if t.string:
             if not ops:
                 return Insn(t.code, (), rep)
@@ -113,16 +114,15 @@ def prog(name: str, lines: str, regs: dict[str, int] | None = None, flags: int =
 
 CF, PF, AF, ZF, SF, OF, DF = 0x1, 0x4, 0x10, 0x40, 0x80, 0x800, 0x400
 _ALL_STATUS = CF | PF | AF | ZF | SF | OF
+_BOUNDS = {1: (0, 1, 0x7F, 0x80, 0xFF), 2: (0, 1, 0x7FFF, 0x8000, 0xFFFF),
+           4: (0, 1, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF)}
+_REGS = {1: ("al", "bl"), 2: ("ax", "bx"), 4: ("eax", "ebx")}
 
 
-def edge_cases() -> Iterator[Program]:
-    """Every hand-written case (each a separate test)."""
-    # carry / overflow boundaries, at each operand size, with CF in = 0 and 1
-    bounds = {1: (0, 1, 0x7F, 0x80, 0xFF), 2: (0, 1, 0x7FFF, 0x8000, 0xFFFF),
-              4: (0, 1, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF)}
-    regs = {1: ("al", "bl"), 2: ("ax", "bx"), 4: ("eax", "ebx")}
-    for size, values in bounds.items():
-        a_reg, b_reg = regs[size]
+def carry_overflow() -> Iterator[Program]:
+    """ADD ADC SUB SBB CMP XOR AND TEST INC DEC NEG NOT at the carry and overflow boundaries."""
+    for size, values in _BOUNDS.items():
+        a_reg, b_reg = _REGS[size]
         for op in ("add", "adc", "sub", "sbb", "cmp", "xor", "and", "test"):
             for a in values:
                 for b in values:
@@ -132,35 +132,43 @@ def edge_cases() -> Iterator[Program]:
         for op in ("inc", "dec", "neg", "not"):
             for a in values:
                 yield prog(f"{op}{size * 8} {a:#x}", f"{op} {a_reg}", {"eax": a}, flags=CF)
-        # memory destination forms of the same boundary
-        yield prog(f"add{size * 8} mem carry", f"add [{L.DATA:#x}], {b_reg}",
-                   {"ebx": values[-1]}, seed=size)
-    # shifts and rotates by 0, 1, width-1, width, 31, 32, 33 at each size, with CF/OF in both states
-    for size, (a_reg, _b) in regs.items():
+        yield prog(f"add{size * 8} to memory, carry out", f"add [{L.DATA:#x}], {b_reg}", {"ebx": values[-1]},
+                   seed=size)
+
+
+def shifts() -> Iterator[Program]:
+    """Shifts and rotates by 0, 1, 2, width-1, width, width+1, 31, 32, 33; SHLD/SHRD likewise."""
+    for size, (a_reg, b_reg) in _REGS.items():
         width = size * 8
         for op in ("shl", "shr", "sar", "rol", "ror", "rcl", "rcr"):
             for count in sorted({0, 1, 2, width - 1, width, width + 1, 31, 32, 33}):
-                for value in (0x1, bounds[size][3], bounds[size][4], 0x5A5A5A5A & ((1 << width) - 1)):
+                for value in (0x1, _BOUNDS[size][3], _BOUNDS[size][4], 0x5A5A5A5A & ((1 << width) - 1)):
                     for fl in (0, CF | OF):
-                        yield prog(f"{op}{width} {value:#x} by {count} flags={fl:#x}",
-                                   f"{op} {a_reg}, cl", {"eax": value, "ecx": count}, flags=fl)
-        for op in ("shld", "shrd"):
-            if size == 1:
-                continue
-            for count in (0, 1, width - 1, width, width + 1, 31, 32):
-                yield prog(f"{op}{width} by {count}", f"{op} {a_reg}, {regs[size][1]}, cl",
-                           {"eax": bounds[size][3] | 1, "ebx": bounds[size][4] ^ 0x3C, "ecx": count}, flags=CF)
-    # multiplication
+                        yield prog(f"{op}{width} {value:#x} by {count} flags={fl:#x}", f"{op} {a_reg}, cl",
+                                   {"eax": value, "ecx": count}, flags=fl)
+        if size > 1:
+            for op in ("shld", "shrd"):
+                for count in (0, 1, width - 1, width, width + 1, 31, 32):
+                    regs = {"eax": _BOUNDS[size][3] | 1, "ebx": _BOUNDS[size][4] ^ 0x3C, "ecx": count}
+                    yield prog(f"{op}{width} by {count}", f"{op} {a_reg}, {b_reg}, cl", regs, flags=CF)
+
+
+def multiply() -> Iterator[Program]:
+    """MUL and IMUL (one-, two-operand) around the overflow boundary; all status flags set on entry."""
     for a, b in ((0x7FFFFFFF, 2), (0xFFFFFFFF, 0xFFFFFFFF), (0x80000000, 0xFFFFFFFF), (0x10000, 0x10000),
                  (0xFFFF, 0xFFFF), (0, 5), (0x80, 0x2), (0xFF, 0xFF), (0x7F, 0x7F), (0x8000, 0xFFFF)):
-        for form, s in (("mul ebx", 4), ("imul ebx", 4), ("imul eax, ebx", 4), ("mul bx", 2), ("imul bx", 2),
-                        ("mul bl", 1), ("imul bl", 1)):
-            m = (1 << (8 * s)) - 1
+        for form, size in (("mul ebx", 4), ("imul ebx", 4), ("imul eax, ebx", 4), ("mul bx", 2),
+                           ("imul bx", 2), ("mul bl", 1), ("imul bl", 1)):
+            m = (1 << (8 * size)) - 1
             yield prog(f"{form} {a & m:#x}*{b & m:#x}", form, {"eax": a & m, "ebx": b & m}, flags=_ALL_STATUS)
-    # division: zero, overflow, INT_MIN / -1, signs
-    for edx, eax, d in ((0, 7, 0), (0, 7, 2), (1, 0, 1), (0, 0xFFFFFFFF, 0xFFFFFFFF), (0xFFFFFFFF, 0x80000000, 0xFFFFFFFF),
-                        (0xFFFFFFFF, 0xFFFFFFF9, 2), (0, 7, 0xFFFFFFFE), (0x7FFFFFFF, 0xFFFFFFFF, 0x80000000),
-                        (0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF), (0, 0x80000000, 0xFFFFFFFF)):
+
+
+def divide() -> Iterator[Program]:
+    """DIV and IDIV: by zero (#DE), quotient overflow (#DE), INT_MIN / -1 (#DE), signs of the remainder."""
+    for edx, eax, d in ((0, 7, 0), (0, 7, 2), (1, 0, 1), (0, 0xFFFFFFFF, 0xFFFFFFFF),
+                        (0xFFFFFFFF, 0x80000000, 0xFFFFFFFF), (0xFFFFFFFF, 0xFFFFFFF9, 2), (0, 7, 0xFFFFFFFE),
+                        (0x7FFFFFFF, 0xFFFFFFFF, 0x80000000), (0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF),
+                        (0, 0x80000000, 0xFFFFFFFF)):
         for op in ("div", "idiv"):
             for fl in (0, _ALL_STATUS):
                 yield prog(f"{op} {edx:#x}:{eax:#x}/{d:#x} flags={fl:#x}", f"{op} ebx",
@@ -168,14 +176,22 @@ def edge_cases() -> Iterator[Program]:
     for ax, d in ((0x8000, 0xFF), (0x7F00, 0x7F), (0xFF00, 0x2), (0x0100, 0xFF), (0xFF80, 0xFF)):
         for op in ("div", "idiv"):
             yield prog(f"{op}8 {ax:#x}/{d:#x}", f"{op} bl", {"eax": ax, "ebx": d}, flags=_ALL_STATUS)
-    # bit scans of zero and of one bit, bit tests at the edges
+
+
+def bits() -> Iterator[Program]:
+    """BSF/BSR of 0 (destination and flags), BT/BTS/BTR/BTC at bit 0, 31 and beyond (offset mod 32)."""
     for value in (0, 1, 0x80000000, 0xFFFFFFFF):
         for op in ("bsf", "bsr"):
-            yield prog(f"{op} {value:#x}", f"{op} eax, ebx", {"eax": 0x12345678, "ebx": value}, flags=_ALL_STATUS)
+            yield prog(f"{op} {value:#x}", f"{op} eax, ebx", {"eax": 0x12345678, "ebx": value},
+                       flags=_ALL_STATUS)
     for bit in (0, 31, 32, 63):
         for op in ("bt", "bts", "btr", "btc"):
-            yield prog(f"{op} bit {bit}", f"{op} eax, ebx", {"eax": 0x80000001, "ebx": bit}, flags=_ALL_STATUS)
-    # BCD: around the AF/CF adjustment boundaries (SDM Vol.2 DAA/DAS/AAA/AAS/AAM/AAD)
+            yield prog(f"{op} bit {bit}", f"{op} eax, ebx", {"eax": 0x80000001, "ebx": bit},
+                       flags=_ALL_STATUS)
+
+
+def bcd() -> Iterator[Program]:
+    """DAA DAS AAA AAS around the AF/CF adjustment boundaries, AAM/AAD, AAM 0 (#DE) (SDM Vol.2)."""
     for al in (0x00, 0x09, 0x0A, 0x0F, 0x19, 0x90, 0x99, 0x9A, 0x9F, 0xA0, 0xF9, 0xFA, 0xFF):
         for fl in (0, AF, CF, AF | CF):
             for op in ("daa", "das", "aaa", "aas"):
@@ -184,15 +200,28 @@ def edge_cases() -> Iterator[Program]:
         yield prog(f"aam ax={ax:#x}", "aam 10", {"eax": ax}, flags=_ALL_STATUS)
         yield prog(f"aad ax={ax:#x}", "aad 10", {"eax": ax}, flags=_ALL_STATUS)
     yield prog("aam 0 (#DE)", "aam 0", {"eax": 0x55})
-    # one of each fault the harness compares
+
+
+def faults() -> Iterator[Program]:
+    """One of each fault the harness compares: #DE, #UD, #GP, #PF (not present, read-only, supervisor)."""
     yield prog("#DE div by zero", "div ecx", {"eax": 1})
     yield prog("#UD ud2", "ud2")
     yield prog("#GP hlt at CPL 3", "hlt")
     yield prog("#GP cli with IOPL 0", "cli")
+    yield prog("#GP in with IOPL 0 and no I/O bitmap", "in al, dx", {"edx": 0x80})
     yield prog("#PF read not present", f"mov eax, [{L.NP_PAGE + 8:#x}]")
     yield prog("#PF write read-only", f"mov dword [{L.RO_PAGE + 8:#x}], 1")
     yield prog("#PF user read of a supervisor page", f"mov eax, [{L.SUPERVISOR_PAGE:#x}]")
-    yield prog("#PF after a partial rep stosb", "rep stosb",
-               {"edi": L.DATA + L.PAGE - 4, "ecx": 10, "eax": 0x41}, flags=0)  # runs into STACK: no fault
-    yield prog("#PF rep stosb into the read-only page", "rep stosd",
-               {"edi": L.RO_PAGE - 8, "ecx": 4, "eax": 0x41})
+    yield prog("rep stosb across a page boundary", "rep stosb",
+               {"edi": L.DATA + L.PAGE - 4, "ecx": 10, "eax": 0x41})
+    yield prog("#PF in the middle of rep stosd", "rep stosd", {"edi": L.RO_PAGE - 8, "ecx": 4, "eax": 0x41})
+
+
+GROUPS = {"carry-overflow": carry_overflow, "shifts": shifts, "multiply": multiply, "divide": divide,
+          "bits": bits, "bcd": bcd, "faults": faults}
+
+
+def edge_cases() -> Iterator[Program]:
+    """Every hand-written case, group by group."""
+    for group in GROUPS.values():
+        yield from group()

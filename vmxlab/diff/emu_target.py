@@ -39,7 +39,7 @@ from ..cpu.state import (
 )
 from ..machine.machine import Machine, StopReason
 from . import layout as L
-from .outcome import EXIT_PAGE_READ, Fault, Outcome
+from .outcome import EXIT_PAGE_ACCESS, Fault, Outcome
 from .program import Program
 
 # 32-bit paging entry bits (SDM Vol.3A 4.3, Table 4-5/4-6)
@@ -74,11 +74,14 @@ class _ExitDevice:
         self.machine = machine
 
     def mmio_read(self, addr: int, size: int) -> int:
-        self.machine.request_stop(StopReason.ERROR, 0, EXIT_PAGE_READ)
+        self.machine.request_stop(StopReason.ERROR, 0, EXIT_PAGE_ACCESS)
         return (1 << (8 * size)) - 1
 
     def mmio_write(self, addr: int, size: int, value: int) -> None:
-        self.machine.request_stop(StopReason.DEBUG_EXIT, 0, "end of program")
+        if addr == L.EXIT_GPA and size == 4:
+            self.machine.request_stop(StopReason.DEBUG_EXIT, 0, "end of program")
+        else:
+            self.machine.request_stop(StopReason.ERROR, 0, EXIT_PAGE_ACCESS)
 
 
 class EmuTarget:
@@ -173,7 +176,7 @@ class EmuTarget:
             cr2 = cpu.cr2 if vector == 14 else None
             index = enc.offsets.index(eip - L.CODE) if eip - L.CODE in enc.offsets else -1
             return Outcome(regs[:4] + (esp,) + regs[5:], eflags, pages, fault=Fault(vector, ec, index, cr2))
-        if stop.reason == StopReason.ERROR and stop.detail == EXIT_PAGE_READ:
-            return Outcome(regs, cpu.get_eflags(), pages, error=EXIT_PAGE_READ)
+        if stop.reason == StopReason.ERROR and stop.detail == EXIT_PAGE_ACCESS:
+            return Outcome(regs, cpu.get_eflags(), pages, error=EXIT_PAGE_ACCESS)
         detail = f"{stop.reason.value}{': ' + stop.detail if stop.detail else ''}"
         return Outcome(regs, cpu.get_eflags(), pages, error=f"software CPU stopped: {detail}")

@@ -57,8 +57,8 @@ EXCLUDED: dict[str, str] = {
     **dict.fromkeys(("INT", "INT1", "INT3", "INTO"),
                     "PVM delivers software interrupts from CPL 3 itself (INT3 through a DPL-0 gate as #BP, "
                     "INT 0x80 as #UD) instead of #GP(vector*8+2)"),
-    **dict.fromkeys(("SYSENTER", "SYSEXIT", "SYSCALL", "SYSRET", "IRET", "IRETD", "RETF", "LAR", "LSL", "VERR",
-                     "VERW", "LLDT", "LTR", "LDS", "LES", "LFS", "LGS", "LSS", "ARPL"),
+    **dict.fromkeys(("SYSENTER", "SYSEXIT", "SYSCALL", "SYSRET", "IRET", "IRETD", "RETF", "LAR", "LSL",
+                     "VERR", "VERW", "LLDT", "LTR", "LDS", "LES", "LFS", "LGS", "LSS", "ARPL"),
                     "system / segment instructions: compared by the protection tests, not here"),
     **dict.fromkeys(("VMCALL", "VMCLEAR", "VMLAUNCH", "VMPTRLD", "VMPTRST", "VMREAD", "VMRESUME", "VMWRITE",
                      "VMXOFF", "VMXON", "INVEPT", "INVVPID"), "VMX: the host CPU has none to compare with"),
@@ -209,7 +209,8 @@ def mem_operand(c: Chooser, size: int, write: bool) -> Mem:
     base = c.choice(REGS[4])
     if c.integer(0, 1):
         return Mem(c.integer(0, 0xFFFFFFFF), base)
-    return Mem(c.integer(0, 0xFFFF), base, c.choice(tuple(r for r in REGS[4] if r != "esp")), c.choice((1, 2, 4, 8)))
+    index = c.choice(tuple(r for r in REGS[4] if r != "esp"))
+    return Mem(c.integer(0, 0xFFFF), base, index, c.choice((1, 2, 4, 8)))
 
 
 def instruction(c: Chooser, t: Template, index: int, length: int) -> list[Insn]:

@@ -33,14 +33,18 @@ def _insn_at(program: Program, index: int) -> Insn | None:
 
 def _rmw_pf_write_bit(program: Program, hw: Outcome, sw: Outcome, diffs: list[Difference]) -> bool:
     """A read-modify-write instruction faults on its load: hardware sets W (bit 1) in the #PF error
-    code -- the load is done with write intent -- where vmxlab reports a read."""
+    code -- the load is done with write intent, so a read-only page faults at once -- where vmxlab
+    reports a read (and, for an access that straddles a read-only and a not-present page, faults on
+    the second page instead of the first)."""
     if not (hw.fault and sw.fault and hw.fault.vector == sw.fault.vector == 14):
         return False
-    if [d.what for d in diffs] != ["error code"] or hw.fault.error_code is None or sw.fault.error_code is None:
+    if hw.fault.index != sw.fault.index:
         return False
+    if not {d.what for d in diffs} <= {"error code", "CR2"}:
+        return False
+    hec, sec = hw.fault.error_code or 0, sw.fault.error_code or 0
     insn = _insn_at(program, hw.fault.index)
-    return (insn is not None and _mnemonic(insn) in RMW and hw.fault.error_code ^ sw.fault.error_code == 2
-            and bool(hw.fault.error_code & 2))
+    return insn is not None and _mnemonic(insn) in RMW and bool(hec & 2) and not sec & 2
 
 
 def _shift_count0_access(program: Program, hw: Outcome, sw: Outcome, diffs: list[Difference]) -> bool:
@@ -60,7 +64,8 @@ def _cmps_access_order(program: Program, hw: Outcome, sw: Outcome, diffs: list[D
         return False
     insn = _insn_at(program, hw.fault.index)
     edi, esi = hw.regs[7], hw.regs[6]
-    return (insn is not None and _mnemonic(insn).startswith("CMPS") and {d.what for d in diffs} <= {"CR2", "error code"}
+    return (insn is not None and _mnemonic(insn).startswith("CMPS")
+            and {d.what for d in diffs} <= {"CR2", "error code"}
             and hw.fault.cr2 is not None and sw.fault.cr2 is not None
             and abs(hw.fault.cr2 - edi) < 4 and abs(sw.fault.cr2 - esi) < 4)
 
@@ -90,7 +95,8 @@ KNOWN: tuple[Known, ...] = (
           _shift_count0_access),
     Known("straddles-4g", "not comparable on the 64-bit KVM target", _straddles_4g.__doc__ or "",
           _straddles_4g),
-    Known("cmps-access-order", "vmxlab/cpu/ops/string.py", _cmps_access_order.__doc__ or "", _cmps_access_order),
+    Known("cmps-access-order", "vmxlab/cpu/ops/string.py", _cmps_access_order.__doc__ or "",
+          _cmps_access_order),
 )
 
 

@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 
 from .program import GPR32
 
-#: the error both targets report when a program loads from layout.EXIT_PAGE
-EXIT_PAGE_READ = "load from the exit page"
+#: the error both targets report when a program itself touches layout.EXIT_PAGE (any access but the
+#: final 4-byte store to its first byte)
+EXIT_PAGE_ACCESS = "access to the exit page"
 
 VECTOR_NAMES = {0: "#DE", 1: "#DB", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM", 8: "#DF", 10: "#TS",
                 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF", 16: "#MF", 17: "#AC", 18: "#MC", 19: "#XM"}
@@ -25,7 +26,8 @@ class Fault:
     def __str__(self) -> str:
         ec = "" if self.error_code is None else f"({self.error_code:#x})"
         cr2 = f" cr2={self.cr2:#x}" if self.cr2 is not None else ""
-        return f"{VECTOR_NAMES.get(self.vector, f'vector {self.vector}')}{ec} at instruction {self.index}{cr2}"
+        name = VECTOR_NAMES.get(self.vector, f"vector {self.vector}")
+        return f"{name}{ec} at instruction {self.index}{cr2}"
 
 
 @dataclass

@@ -164,7 +164,8 @@ class Insn:
 def _create(code: int, ops: tuple[Operand, ...]) -> Instruction:
     """Instruction.create_* by operand pattern (registers, one memory operand, immediates)."""
     kinds = "".join("r" if isinstance(o, Reg) else "m" if isinstance(o, Mem) else "i" for o in ops)
-    a = [REG_NAMES[o.name] if isinstance(o, Reg) else o.iced() if isinstance(o, Mem) else o.value for o in ops]
+    a = [REG_NAMES[o.name] if isinstance(o, Reg) else o.iced() if isinstance(o, Mem) else o.value
+         for o in ops]
     creators = {
         "": Instruction.create, "r": Instruction.create_reg, "m": Instruction.create_mem,
         "i": Instruction.create_u32, "rr": Instruction.create_reg_reg, "rm": Instruction.create_reg_mem,
@@ -230,11 +231,14 @@ class Program:
     name: str = ""
     _cache: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
-    def encode(self, bitness: int) -> Encoded:
-        """Machine code at layout.CODE for ``bitness``; raises ValueError if it cannot be encoded."""
-        hit = self._cache.get(bitness)
+    def encode(self, bitness: int, end: tuple[Insn, ...] = ()) -> Encoded:
+        """Machine code at layout.CODE for ``bitness``, ending with ``end`` (default :data:`END`);
+        raises ValueError if it cannot be encoded."""
+        end = end or END
+        key = (bitness, end)
+        hit = self._cache.get(key)
         if hit is None:
-            hit = self._cache[bitness] = encode(self.insns, bitness)
+            hit = self._cache[key] = encode(self.insns, bitness, end)
         return hit
 
     def listing(self) -> str:
@@ -250,17 +254,19 @@ class Program:
 
     def describe(self) -> str:
         regs = " ".join(f"{n}={v:#010x}" for n, v in zip(GPR32, self.state.regs))
-        return (f"{self.name or 'program'}:\n{self.listing()}\n  initial: {regs} flags={self.state.flags:#06x} "
-                f"seed={self.state.seed}")
+        return (f"{self.name or 'program'}:\n{self.listing()}\n  initial: {regs} "
+                f"flags={self.state.flags:#06x} seed={self.state.seed}")
 
 
-def encode(insns: tuple[Insn, ...], bitness: int) -> Encoded:
-    """Lay out ``insns`` + END at layout.CODE.  Branch targets are Label indices (END = len(insns))."""
+def encode(insns: tuple[Insn, ...], bitness: int, end: tuple[Insn, ...] = END) -> Encoded:
+    """Lay out ``insns`` + ``end`` at layout.CODE.  Branch targets are Label indices (the end =
+    len(insns)); Label(-1) is the last instruction of ``end`` (END's `jmp $`)."""
     n = len(insns)
-    labels = {i: LABEL_BASE + i * LABEL_STRIDE for i in range(n + 2)}
-    labels[-1] = labels[n + 1]  # `jmp $` targets itself
+    total = n + len(end)
+    labels = {i: LABEL_BASE + i * LABEL_STRIDE for i in range(total)}
+    labels[-1] = labels[total - 1]
     built = []
-    for i, insn in enumerate((*insns, *END)):
+    for i, insn in enumerate((*insns, *end)):
         ins = insn.build(bitness, labels)
         ins.ip = labels[i]
         built.append(ins)
@@ -268,7 +274,7 @@ def encode(insns: tuple[Insn, ...], bitness: int) -> Encoded:
     enc.add_many(built)
     code = enc.encode(L.CODE)
     offsets = [ins.ip - L.CODE for ins in Decoder(bitness, code, ip=L.CODE)]
-    if len(offsets) != n + 2:
-        raise ValueError(f"{bitness}-bit encoding has {len(offsets)} instructions, expected {n + 2} "
+    if len(offsets) != total:
+        raise ValueError(f"{bitness}-bit encoding has {len(offsets)} instructions, expected {total} "
                          "(a branch was expanded)")
     return Encoded(code, tuple(offsets))

@@ -35,6 +35,7 @@ across exits, as on hardware (the VMCS does not hold them): ``vcpu.regs``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -133,12 +134,22 @@ class VmExit:
         q = v[F.EXIT_QUALIFICATION]
         ii = InterruptionInfo.decode(v[F.VM_EXIT_INTERRUPTION_INFORMATION])
         iv = InterruptionInfo.decode(v[F.IDT_VECTORING_INFORMATION])
-        return cls(reason, raw, q, decode_qualification(basic, q), v[F.GUEST_RIP], v[F.GUEST_RSP],
-                   v[F.VM_EXIT_INSTRUCTION_LENGTH], v[F.VM_EXIT_INSTRUCTION_INFORMATION], v[F.GUEST_LINEAR_ADDRESS],
-                   v[F.GUEST_PHYSICAL_ADDRESS], ii if ii.valid else None,
-                   v[F.VM_EXIT_INTERRUPTION_ERROR_CODE] if ii.valid and ii.error_code_valid else None,
-                   iv if iv.valid else None,
-                   v[F.IDT_VECTORING_ERROR_CODE] if iv.valid and iv.error_code_valid else None)
+        return cls(
+            reason,
+            raw,
+            q,
+            decode_qualification(basic, q),
+            v[F.GUEST_RIP],
+            v[F.GUEST_RSP],
+            v[F.VM_EXIT_INSTRUCTION_LENGTH],
+            v[F.VM_EXIT_INSTRUCTION_INFORMATION],
+            v[F.GUEST_LINEAR_ADDRESS],
+            v[F.GUEST_PHYSICAL_ADDRESS],
+            ii if ii.valid else None,
+            v[F.VM_EXIT_INTERRUPTION_ERROR_CODE] if ii.valid and ii.error_code_valid else None,
+            iv if iv.valid else None,
+            v[F.IDT_VECTORING_ERROR_CODE] if iv.valid and iv.error_code_valid else None,
+        )
 
     @property
     def name(self) -> str:
@@ -183,7 +194,8 @@ class EntryFailure:
             return str(self.check)
         if self.result is not None:
             return str(self.result)
-        return f"VM-entry failure {describe(int(self.reason or 0) | VM_ENTRY_FAILURE)}, qualification {self.qualification}"
+        reason = describe(int(self.reason or 0) | VM_ENTRY_FAILURE)
+        return f"VM-entry failure {reason}, qualification {self.qualification}"
 
 
 @dataclass(frozen=True)
@@ -202,8 +214,9 @@ RunResult = VmExit | EntryFailure | GuestStopped
 class VmxCpu:
     """The VMX instructions and VM entry for one software CPU, executed by Python as VMX root."""
 
-    def __init__(self, cpu: CPU, engine: Engine | str | None = None,
-                 caps: VmxCapabilities = DEFAULT_CAPABILITIES) -> None:
+    def __init__(
+        self, cpu: CPU, engine: Engine | str | None = None, caps: VmxCapabilities = DEFAULT_CAPABILITIES
+    ) -> None:
         self.cpu = cpu
         if engine is None or isinstance(engine, str):
             engine = Engine(cpu, fast=(engine or "fast") == "fast")
@@ -312,13 +325,39 @@ class VmxCpu:
         vmcs = self.vmcs
         if vmcs is None:
             raise RuntimeError("no current VMCS")
-        return CheckContext(vmcs, self.caps, self.memory, self.state.vmxon_pointer, self.state.current_vmcs_pointer)
+        return CheckContext(
+            vmcs, self.caps, self.memory, self.state.vmxon_pointer, self.state.current_vmcs_pointer
+        )
 
     def explain_entry(self) -> list[CheckFailure]:
         """Every VM-entry check the current VMCS fails (VM entry itself reports only the first)."""
         return all_failures(self.check_context())
 
+    def _trace(self, kind: str, **fields: object) -> None:
+        """Report to the trace stream (trace/events.py kinds vm-entry, vm-exit, vm-entry-failure)."""
+        tracer = self.cpu.trace
+        if tracer is not None:
+            tracer.emit(kind, **fields)
+
     def _enter(self, launch: bool, max_instructions: int | None, timeout: float | None) -> RunResult:
+        result = self._enter_checked(launch, max_instructions, timeout)
+        if isinstance(result, EntryFailure):
+            check = result.check
+            self._trace(
+                "vm-entry-failure",
+                vmx="root",
+                error=int(result.error) if result.error else None,
+                reason=int(result.reason) if result.reason else None,
+                qualification=result.qualification,
+                check=check.check if check else None,
+                field=check.field if check else None,
+                value=check.value if check else None,
+                sdm=check.sdm_section if check else None,
+                message=str(result),
+            )
+        return result
+
+    def _enter_checked(self, launch: bool, max_instructions: int | None, timeout: float | None) -> RunResult:
         if self.nonroot is not None:
             raise RuntimeError("the guest is still in VMX non-root operation: use continue_guest()")
         state = self.state
@@ -328,21 +367,26 @@ class VmxCpu:
         ctx = self.check_context()
         vmcs = ctx.vmcs
         # SDM Vol.3C 27.2: controls, then host state -> VMfailValid(7 / 8); nothing is loaded
-        for check, error in ((check_controls, VmInstructionError.VM_ENTRY_WITH_INVALID_CONTROL_FIELDS),
-                             (check_host_state, VmInstructionError.VM_ENTRY_WITH_INVALID_HOST_STATE_FIELDS)):
+        for check, error in (
+            (check_controls, VmInstructionError.VM_ENTRY_WITH_INVALID_CONTROL_FIELDS),
+            (check_host_state, VmInstructionError.VM_ENTRY_WITH_INVALID_HOST_STATE_FIELDS),
+        ):
             failure = check(ctx)
             if failure is not None:
                 return EntryFailure(state.vmfail(error, failure.message), error, check=failure)
         # SDM Vol.3C 27.3: guest state -> VM-entry failure exit 33
         failure = check_guest_state(ctx)
         if failure is not None:
-            return self._entry_failure_exit(vmcs, ExitReason.VM_ENTRY_FAILURE_INVALID_GUEST_STATE,
-                                            failure.qualification, failure)
+            return self._entry_failure_exit(
+                vmcs, ExitReason.VM_ENTRY_FAILURE_INVALID_GUEST_STATE, failure.qualification, failure
+            )
         cpu = self.cpu
         injection_info = ctx.injection
         load_guest_state(cpu, vmcs, ctx.secondary, injection_info is not None)
         # SDM Vol.3C 27.4: the VM-entry MSR-load area -> exit 34, qualification = failing entry
-        n = load_msr_list(cpu, self.memory, vmcs[F.VM_ENTRY_MSR_LOAD_ADDRESS], vmcs[F.VM_ENTRY_MSR_LOAD_COUNT])
+        n = load_msr_list(
+            cpu, self.memory, vmcs[F.VM_ENTRY_MSR_LOAD_ADDRESS], vmcs[F.VM_ENTRY_MSR_LOAD_COUNT]
+        )
         if n:
             return self._entry_failure_exit(vmcs, ExitReason.VM_ENTRY_FAILURE_MSR_LOADING, n, None)
         if launch:
@@ -354,17 +398,20 @@ class VmxCpu:
             ept = EptTranslator(self.memory, vmcs[F.EPT_POINTER], self.caps)
         injection = None
         if injection_info is not None:
-            injection = Injection(injection_info, vmcs[F.VM_ENTRY_EXCEPTION_ERROR_CODE],
-                                  vmcs[F.VM_ENTRY_INSTRUCTION_LENGTH])
+            injection = Injection(
+                injection_info, vmcs[F.VM_ENTRY_EXCEPTION_ERROR_CODE], vmcs[F.VM_ENTRY_INSTRUCTION_LENGTH]
+            )
         hooks = NonRootOperation(cpu, vmcs, self.caps, self.engine, ept, injection)
         cpu.vmx = hooks
         cpu.ept = ept
         cpu.tlb_flush(all_entries=True)
         self.nonroot = hooks
+        self._trace("vm-entry", vmx="non-root", launch=launch, guest_rip=cpu.eip)
         return self._run(max_instructions, timeout)
 
-    def _entry_failure_exit(self, vmcs: Vmcs, reason: ExitReason, qualification: int,
-                            check: CheckFailure | None) -> EntryFailure:
+    def _entry_failure_exit(
+        self, vmcs: Vmcs, reason: ExitReason, qualification: int, check: CheckFailure | None
+    ) -> EntryFailure:
         """A VM-entry failure during or after loading guest state (SDM Vol.3C 27.8): exit reason with
         bit 31 set and the qualification; no guest state is saved; host state and the VM-exit
         MSR-load area are loaded as on a VM exit."""
@@ -383,6 +430,22 @@ class VmxCpu:
         self.nonroot = None
         exit_ = VmExit.from_vmcs(hooks.vmcs)
         self.last_exit = exit_
+        if self.cpu.trace is not None:
+            decoded = dataclasses.asdict(exit_.decoded) if dataclasses.is_dataclass(exit_.decoded) else None
+            self._trace(
+                "vm-exit",
+                vmx="non-root",
+                reason=exit_.raw_reason & BASIC_REASON_MASK,
+                reason_name=exit_.name,
+                qualification=exit_.qualification,
+                fields=decoded,
+                guest={
+                    "rip": exit_.guest_rip,
+                    "instruction_length": exit_.instruction_length,
+                    "cpl": (hooks.vmcs[F.GUEST_SS_ACCESS_RIGHTS] >> 5) & 3,
+                },
+                text=str(exit_),
+            )
         return exit_
 
     # ------------------------------------------------------------------ helpers for exit handlers
@@ -397,9 +460,24 @@ class VmxCpu:
 
     def inject(self, info: InterruptionInfo, error_code: int = 0, instruction_length: int = 0) -> None:
         """Write the VM-entry event-injection fields (delivered by the next VM entry)."""
-        self.write({F.VM_ENTRY_INTERRUPTION_INFORMATION: info.encode(), F.VM_ENTRY_EXCEPTION_ERROR_CODE: error_code,
-                    F.VM_ENTRY_INSTRUCTION_LENGTH: instruction_length})
+        self.write(
+            {
+                F.VM_ENTRY_INTERRUPTION_INFORMATION: info.encode(),
+                F.VM_ENTRY_EXCEPTION_ERROR_CODE: error_code,
+                F.VM_ENTRY_INSTRUCTION_LENGTH: instruction_length,
+            }
+        )
 
 
-__all__ = ["VmxCpu", "VmExit", "EntryFailure", "GuestStopped", "RootState", "RunResult", "VmxResult", "VmxStatus",
-           "VmxInstructionFailed", "EntryFailureQualification"]
+__all__ = [
+    "VmxCpu",
+    "VmExit",
+    "EntryFailure",
+    "GuestStopped",
+    "RootState",
+    "RunResult",
+    "VmxResult",
+    "VmxStatus",
+    "VmxInstructionFailed",
+    "EntryFailureQualification",
+]

@@ -158,36 +158,57 @@ class VmxCapabilities:
     revision_id: int = VMCS_REVISION_ID
     pin: AllowedSettings = AllowedSettings(
         PINBASED_DEFAULT1,
-        PINBASED_DEFAULT1 | PIN_BASED_CTLS.EXTERNAL_INTERRUPT_EXITING | PIN_BASED_CTLS.NMI_EXITING
-        | PIN_BASED_CTLS.ACTIVATE_VMX_PREEMPTION_TIMER)
+        PINBASED_DEFAULT1
+        | PIN_BASED_CTLS.EXTERNAL_INTERRUPT_EXITING
+        | PIN_BASED_CTLS.NMI_EXITING
+        | PIN_BASED_CTLS.ACTIVATE_VMX_PREEMPTION_TIMER,
+    )
     primary: AllowedSettings = AllowedSettings(
         PROCBASED_DEFAULT1,
-        PROCBASED_DEFAULT1 | PRIMARY_PROC_BASED_CTLS.INTERRUPT_WINDOW_EXITING
-        | PRIMARY_PROC_BASED_CTLS.USE_TSC_OFFSETTING | PRIMARY_PROC_BASED_CTLS.HLT_EXITING
-        | PRIMARY_PROC_BASED_CTLS.INVLPG_EXITING | PRIMARY_PROC_BASED_CTLS.MWAIT_EXITING
-        | PRIMARY_PROC_BASED_CTLS.RDPMC_EXITING | PRIMARY_PROC_BASED_CTLS.RDTSC_EXITING
-        | PRIMARY_PROC_BASED_CTLS.CR3_LOAD_EXITING | PRIMARY_PROC_BASED_CTLS.CR3_STORE_EXITING
-        | PRIMARY_PROC_BASED_CTLS.MOV_DR_EXITING | PRIMARY_PROC_BASED_CTLS.UNCONDITIONAL_IO_EXITING
-        | PRIMARY_PROC_BASED_CTLS.USE_IO_BITMAPS | PRIMARY_PROC_BASED_CTLS.USE_MSR_BITMAPS
-        | PRIMARY_PROC_BASED_CTLS.MONITOR_EXITING | PRIMARY_PROC_BASED_CTLS.PAUSE_EXITING
-        | PRIMARY_PROC_BASED_CTLS.ACTIVATE_SECONDARY_CONTROLS)
+        PROCBASED_DEFAULT1
+        | PRIMARY_PROC_BASED_CTLS.INTERRUPT_WINDOW_EXITING
+        | PRIMARY_PROC_BASED_CTLS.USE_TSC_OFFSETTING
+        | PRIMARY_PROC_BASED_CTLS.HLT_EXITING
+        | PRIMARY_PROC_BASED_CTLS.INVLPG_EXITING
+        | PRIMARY_PROC_BASED_CTLS.MWAIT_EXITING
+        | PRIMARY_PROC_BASED_CTLS.RDPMC_EXITING
+        | PRIMARY_PROC_BASED_CTLS.RDTSC_EXITING
+        | PRIMARY_PROC_BASED_CTLS.CR3_LOAD_EXITING
+        | PRIMARY_PROC_BASED_CTLS.CR3_STORE_EXITING
+        | PRIMARY_PROC_BASED_CTLS.MOV_DR_EXITING
+        | PRIMARY_PROC_BASED_CTLS.UNCONDITIONAL_IO_EXITING
+        | PRIMARY_PROC_BASED_CTLS.USE_IO_BITMAPS
+        | PRIMARY_PROC_BASED_CTLS.USE_MSR_BITMAPS
+        | PRIMARY_PROC_BASED_CTLS.MONITOR_EXITING
+        | PRIMARY_PROC_BASED_CTLS.PAUSE_EXITING
+        | PRIMARY_PROC_BASED_CTLS.ACTIVATE_SECONDARY_CONTROLS,
+    )
     #: TRUE_PROCBASED: CR3-load/store exiting may be 0
-    true_primary_must_be_one: int = PROCBASED_DEFAULT1 & ~(PRIMARY_PROC_BASED_CTLS.CR3_LOAD_EXITING
-                                                          | PRIMARY_PROC_BASED_CTLS.CR3_STORE_EXITING)
+    true_primary_must_be_one: int = PROCBASED_DEFAULT1 & ~(
+        PRIMARY_PROC_BASED_CTLS.CR3_LOAD_EXITING | PRIMARY_PROC_BASED_CTLS.CR3_STORE_EXITING
+    )
     secondary: AllowedSettings = AllowedSettings(
         0,
-        SECONDARY_PROC_BASED_CTLS.ENABLE_EPT | SECONDARY_PROC_BASED_CTLS.DESCRIPTOR_TABLE_EXITING
-        | SECONDARY_PROC_BASED_CTLS.ENABLE_VPID | SECONDARY_PROC_BASED_CTLS.WBINVD_EXITING
-        | SECONDARY_PROC_BASED_CTLS.UNRESTRICTED_GUEST)
+        SECONDARY_PROC_BASED_CTLS.ENABLE_EPT
+        | SECONDARY_PROC_BASED_CTLS.DESCRIPTOR_TABLE_EXITING
+        | SECONDARY_PROC_BASED_CTLS.ENABLE_VPID
+        | SECONDARY_PROC_BASED_CTLS.WBINVD_EXITING
+        | SECONDARY_PROC_BASED_CTLS.UNRESTRICTED_GUEST,
+    )
     exit: AllowedSettings = AllowedSettings(
         EXIT_DEFAULT1,
-        EXIT_DEFAULT1 | VM_EXIT_CTLS.SAVE_DEBUG_CONTROLS | VM_EXIT_CTLS.ACKNOWLEDGE_INTERRUPT_ON_EXIT
-        | VM_EXIT_CTLS.SAVE_IA32_EFER | VM_EXIT_CTLS.LOAD_IA32_EFER | VM_EXIT_CTLS.SAVE_VMX_PREEMPTION_TIMER_VALUE)
+        EXIT_DEFAULT1
+        | VM_EXIT_CTLS.SAVE_DEBUG_CONTROLS
+        | VM_EXIT_CTLS.ACKNOWLEDGE_INTERRUPT_ON_EXIT
+        | VM_EXIT_CTLS.SAVE_IA32_EFER
+        | VM_EXIT_CTLS.LOAD_IA32_EFER
+        | VM_EXIT_CTLS.SAVE_VMX_PREEMPTION_TIMER_VALUE,
+    )
     #: TRUE_EXIT: "save debug controls" may be 0
     true_exit_must_be_one: int = EXIT_DEFAULT1 & ~VM_EXIT_CTLS.SAVE_DEBUG_CONTROLS
     entry: AllowedSettings = AllowedSettings(
-        ENTRY_DEFAULT1,
-        ENTRY_DEFAULT1 | VM_ENTRY_CTLS.LOAD_DEBUG_CONTROLS | VM_ENTRY_CTLS.LOAD_IA32_EFER)
+        ENTRY_DEFAULT1, ENTRY_DEFAULT1 | VM_ENTRY_CTLS.LOAD_DEBUG_CONTROLS | VM_ENTRY_CTLS.LOAD_IA32_EFER
+    )
     #: TRUE_ENTRY: "load debug controls" may be 0
     true_entry_must_be_one: int = ENTRY_DEFAULT1 & ~VM_ENTRY_CTLS.LOAD_DEBUG_CONTROLS
     preemption_timer_rate: int = PREEMPTION_TIMER_RATE
@@ -197,13 +218,23 @@ class VmxCapabilities:
     cr0_fixed1: int = CR0_DEFINED
     cr4_fixed0: int = CR4_VMXE
     cr4_fixed1: int = CR4_SUPPORTED | CR4_VMXE
-    ept_vpid_cap: int = (EPT_VPID_CAP.EXECUTE_ONLY | EPT_VPID_CAP.PAGE_WALK_LENGTH_4 | EPT_VPID_CAP.MEMORY_TYPE_UC
-                         | EPT_VPID_CAP.MEMORY_TYPE_WB | EPT_VPID_CAP.PDE_2MB_PAGES | EPT_VPID_CAP.PDPTE_1GB_PAGES
-                         | EPT_VPID_CAP.INVEPT | EPT_VPID_CAP.ACCESSED_DIRTY_FLAGS
-                         | EPT_VPID_CAP.INVEPT_SINGLE_CONTEXT | EPT_VPID_CAP.INVEPT_ALL_CONTEXT
-                         | EPT_VPID_CAP.INVVPID | EPT_VPID_CAP.INVVPID_INDIVIDUAL_ADDRESS
-                         | EPT_VPID_CAP.INVVPID_SINGLE_CONTEXT | EPT_VPID_CAP.INVVPID_ALL_CONTEXT
-                         | EPT_VPID_CAP.INVVPID_SINGLE_CONTEXT_RETAINING_GLOBALS)
+    ept_vpid_cap: int = (
+        EPT_VPID_CAP.EXECUTE_ONLY
+        | EPT_VPID_CAP.PAGE_WALK_LENGTH_4
+        | EPT_VPID_CAP.MEMORY_TYPE_UC
+        | EPT_VPID_CAP.MEMORY_TYPE_WB
+        | EPT_VPID_CAP.PDE_2MB_PAGES
+        | EPT_VPID_CAP.PDPTE_1GB_PAGES
+        | EPT_VPID_CAP.INVEPT
+        | EPT_VPID_CAP.ACCESSED_DIRTY_FLAGS
+        | EPT_VPID_CAP.INVEPT_SINGLE_CONTEXT
+        | EPT_VPID_CAP.INVEPT_ALL_CONTEXT
+        | EPT_VPID_CAP.INVVPID
+        | EPT_VPID_CAP.INVVPID_INDIVIDUAL_ADDRESS
+        | EPT_VPID_CAP.INVVPID_SINGLE_CONTEXT
+        | EPT_VPID_CAP.INVVPID_ALL_CONTEXT
+        | EPT_VPID_CAP.INVVPID_SINGLE_CONTEXT_RETAINING_GLOBALS
+    )
 
     # -------------------------------------------------------------- the controls VM entry checks
 
@@ -225,9 +256,13 @@ class VmxCapabilities:
 
     def entry_check_settings(self) -> dict[str, AllowedSettings]:
         """The settings VM entry enforces: the TRUE MSRs, since BASIC bit 55 = 1 (SDM Vol.3C A.2)."""
-        return {"pin-based": self.true_pin, "primary processor-based": self.true_primary,
-                "secondary processor-based": self.secondary, "VM-exit": self.true_exit,
-                "VM-entry": self.true_entry}
+        return {
+            "pin-based": self.true_pin,
+            "primary processor-based": self.true_primary,
+            "secondary processor-based": self.secondary,
+            "VM-exit": self.true_exit,
+            "VM-entry": self.true_entry,
+        }
 
     def supports_ept(self, cap: EPT_VPID_CAP) -> bool:
         return bool(self.ept_vpid_cap & cap)
@@ -236,13 +271,23 @@ class VmxCapabilities:
 
     @property
     def basic(self) -> int:
-        return (self.revision_id & 0x7FFFFFFF | VMCS_REGION_SIZE << 32 | BASIC_PHYSICAL_ADDRESS_WIDTH_32
-                | MEMORY_TYPE_WB << BASIC_MEMORY_TYPE_SHIFT | BASIC_INS_OUTS_INFORMATION | BASIC_TRUE_CONTROLS)
+        return (
+            self.revision_id & 0x7FFFFFFF
+            | VMCS_REGION_SIZE << 32
+            | BASIC_PHYSICAL_ADDRESS_WIDTH_32
+            | MEMORY_TYPE_WB << BASIC_MEMORY_TYPE_SHIFT
+            | BASIC_INS_OUTS_INFORMATION
+            | BASIC_TRUE_CONTROLS
+        )
 
     @property
     def misc(self) -> int:
-        return (self.preemption_timer_rate & 0x1F | self.activity_states | self.cr3_target_count << CR3_TARGET_SHIFT
-                | MSR_LIST_N << MSR_LIST_SHIFT)
+        return (
+            self.preemption_timer_rate & 0x1F
+            | self.activity_states
+            | self.cr3_target_count << CR3_TARGET_SHIFT
+            | MSR_LIST_N << MSR_LIST_SHIFT
+        )
 
     @property
     def vmcs_enum(self) -> int:

@@ -69,8 +69,12 @@ ACC_FETCH = 1 << 4
 
 def make_eptp(pml4: int, memory_type: int = MEMORY_TYPE_WB, accessed_dirty: bool = False) -> int:
     """An EPTP value for a 4-level walk from the PML4 table at ``pml4``."""
-    return (pml4 & ~0xFFF | memory_type | (EPT_WALK_LENGTH - 1) << EPTP_WALK_LENGTH_SHIFT
-            | (EPTP_ACCESSED_DIRTY if accessed_dirty else 0))
+    return (
+        pml4 & ~0xFFF
+        | memory_type
+        | (EPT_WALK_LENGTH - 1) << EPTP_WALK_LENGTH_SHIFT
+        | (EPTP_ACCESSED_DIRTY if accessed_dirty else 0)
+    )
 
 
 def eptp_problem(eptp: int, caps: VmxCapabilities = DEFAULT_CAPABILITIES) -> str | None:
@@ -212,9 +216,15 @@ class EptTranslator:
 
     def _violation(self, gpa: int, kind: int, perms: int, la: int | None, final: bool) -> VmExitSignal:
         q = EptViolationQualification(
-            read=kind == EPT_READ, write=kind == EPT_WRITE, fetch=kind == EPT_EXECUTE,
-            readable=bool(perms & EPT_READ), writable=bool(perms & EPT_WRITE), executable=bool(perms & EPT_EXECUTE),
-            linear_address_valid=la is not None, translated_access=final and la is not None)
+            read=kind == EPT_READ,
+            write=kind == EPT_WRITE,
+            fetch=kind == EPT_EXECUTE,
+            readable=bool(perms & EPT_READ),
+            writable=bool(perms & EPT_WRITE),
+            executable=bool(perms & EPT_EXECUTE),
+            linear_address_valid=la is not None,
+            translated_access=final and la is not None,
+        )
         info: dict[str, int] = {"guest_physical": gpa}
         if la is not None:
             info["guest_linear"] = la
@@ -241,6 +251,13 @@ class EptBuilder:
         self.memory = memory
         self.alloc = alloc
         self.pml4 = self._new_table()
+
+    @classmethod
+    def from_eptp(cls, memory: Memory, eptp: int, alloc: PageAllocator | None = None) -> EptBuilder:
+        """Edit existing EPT paging structures (``alloc`` is needed only to create new tables)."""
+        builder = cls.__new__(cls)
+        builder.memory, builder.alloc, builder.pml4 = memory, alloc, eptp & PHYS_MASK & ~0xFFF
+        return builder
 
     def _new_table(self) -> int:
         addr = self.alloc.page()
@@ -277,8 +294,15 @@ class EptBuilder:
     def get_entry(self, gpa: int, level: int = 1) -> int:
         return self.memory.read(self.entry_address(gpa, level), 8)
 
-    def map(self, gpa: int, hpa: int, size: int, perms: int = EPT_RWX, memory_type: int = MEMORY_TYPE_WB,
-            page_size: int | None = None) -> None:
+    def map(
+        self,
+        gpa: int,
+        hpa: int,
+        size: int,
+        perms: int = EPT_RWX,
+        memory_type: int = MEMORY_TYPE_WB,
+        page_size: int | None = None,
+    ) -> None:
         if (gpa | hpa | size) & 0xFFF:
             raise ValueError("EPT mappings are in whole 4-KiB pages")
         end = gpa + size

@@ -35,8 +35,10 @@ TYPE_SHIFT = 10
 TYPE_MASK = 0x3
 WIDTH_SHIFT = 13
 WIDTH_MASK = 0x3
-ENCODING_RESERVED = ~((WIDTH_MASK << WIDTH_SHIFT) | (TYPE_MASK << TYPE_SHIFT) | (INDEX_MASK << INDEX_SHIFT)
-                      | ACCESS_HIGH) & 0xFFFFFFFF  # bit 12 and bits 31:15
+ENCODING_RESERVED = (
+    ~((WIDTH_MASK << WIDTH_SHIFT) | (TYPE_MASK << TYPE_SHIFT) | (INDEX_MASK << INDEX_SHIFT) | ACCESS_HIGH)
+    & 0xFFFFFFFF
+)  # bit 12 and bits 31:15
 
 #: natural width on a processor without Intel 64 (SDM Vol.3C 25.11.2)
 NATURAL_WIDTH_BITS = 32
@@ -60,8 +62,12 @@ class FieldType(enum.IntEnum):
     HOST_STATE = 3
 
 
-WIDTH_BITS = {FieldWidth.BITS16: 16, FieldWidth.BITS64: 64, FieldWidth.BITS32: 32,
-              FieldWidth.NATURAL: NATURAL_WIDTH_BITS}
+WIDTH_BITS = {
+    FieldWidth.BITS16: 16,
+    FieldWidth.BITS64: 64,
+    FieldWidth.BITS32: 32,
+    FieldWidth.NATURAL: NATURAL_WIDTH_BITS,
+}
 
 
 class VmcsField(enum.IntEnum):
@@ -305,8 +311,18 @@ GUEST_SELECTOR = tuple(VmcsField[f"GUEST_{n}_SELECTOR"] for n in SEGMENT_NAMES)
 GUEST_BASE = tuple(VmcsField[f"GUEST_{n}_BASE"] for n in SEGMENT_NAMES)
 GUEST_LIMIT = tuple(VmcsField[f"GUEST_{n}_LIMIT"] for n in SEGMENT_NAMES)
 GUEST_ACCESS_RIGHTS = tuple(VmcsField[f"GUEST_{n}_ACCESS_RIGHTS"] for n in SEGMENT_NAMES)
-HOST_SELECTOR = (VmcsField.HOST_ES_SELECTOR, VmcsField.HOST_CS_SELECTOR, VmcsField.HOST_SS_SELECTOR,
-                 VmcsField.HOST_DS_SELECTOR, VmcsField.HOST_FS_SELECTOR, VmcsField.HOST_GS_SELECTOR)
+HOST_SELECTOR = (
+    VmcsField.HOST_ES_SELECTOR,
+    VmcsField.HOST_CS_SELECTOR,
+    VmcsField.HOST_SS_SELECTOR,
+    VmcsField.HOST_DS_SELECTOR,
+    VmcsField.HOST_FS_SELECTOR,
+    VmcsField.HOST_GS_SELECTOR,
+)
 GUEST_PDPTE = (VmcsField.GUEST_PDPTE0, VmcsField.GUEST_PDPTE1, VmcsField.GUEST_PDPTE2, VmcsField.GUEST_PDPTE3)
-CR3_TARGET_VALUE = (VmcsField.CR3_TARGET_VALUE0, VmcsField.CR3_TARGET_VALUE1, VmcsField.CR3_TARGET_VALUE2,
-                    VmcsField.CR3_TARGET_VALUE3)
+CR3_TARGET_VALUE = (
+    VmcsField.CR3_TARGET_VALUE0,
+    VmcsField.CR3_TARGET_VALUE1,
+    VmcsField.CR3_TARGET_VALUE2,
+    VmcsField.CR3_TARGET_VALUE3,
+)

@@ -25,12 +25,18 @@ if TYPE_CHECKING:
     from ..cpu.core import CPU
 
 MAX_INSTRUCTION_LENGTH = 15  # SDM Vol.2 2.3.11
+#: the address size reported for register operands (field undefined: encodes as 0)
+REGISTER_FORM_ADDRESS_SIZE = 2
 M32 = 0xFFFFFFFF
 
 #: string-instruction memory operands and their address size (iced OpKind -> bytes)
 STRING_OPERAND_ADDRESS_SIZE = {
-    OpKind.MEMORY_SEG_SI: 2, OpKind.MEMORY_SEG_ESI: 4, OpKind.MEMORY_SEG_DI: 2, OpKind.MEMORY_SEG_EDI: 4,
-    OpKind.MEMORY_ESDI: 2, OpKind.MEMORY_ESEDI: 4,
+    OpKind.MEMORY_SEG_SI: 2,
+    OpKind.MEMORY_SEG_ESI: 4,
+    OpKind.MEMORY_SEG_DI: 2,
+    OpKind.MEMORY_SEG_EDI: 4,
+    OpKind.MEMORY_ESDI: 2,
+    OpKind.MEMORY_ESEDI: 4,
 }
 
 
@@ -101,8 +107,9 @@ def displacement(ins: Instruction, cs32: bool) -> int:
     return disp & M32
 
 
-def memory_instruction_info(ins: Instruction, cs32: bool, *, reg2: int = 0, operand_size_32: bool = False
-                            ) -> InstructionInfo:
+def memory_instruction_info(
+    ins: Instruction, cs32: bool, *, reg2: int = 0, operand_size_32: bool = False
+) -> InstructionInfo:
     """The instruction-information field for an instruction with an r/m operand (SDM Vol.3C
     Tables 28-9, 28-10, 28-11, 28-13, 28-14): memory operand -> scale/index/base/segment; register
     operand -> reg1 and bit 10."""
@@ -110,18 +117,33 @@ def memory_instruction_info(ins: Instruction, cs32: bool, *, reg2: int = 0, oper
     m = memory_operand_index(ins)
     if m is None:
         # register form: reg1 is the r/m register (operand 0 for SLDT/STR/LLDT/LTR, VMREAD's destination
-        # is operand 0, VMWRITE's source operand 1)
+        # is operand 0, VMWRITE's source operand 1).  Address size, segment, index and base are undefined
+        # without a memory operand; they read as 0, as on Bochs (cross-checked with refrun)
         rm = _rm_register(ins)
-        return InstructionInfo(reg1=gpr_number(rm), address_size=asize, register_operand=True,
-                               operand_size_32=operand_size_32, reg2=reg2)
+        return InstructionInfo(
+            reg1=gpr_number(rm),
+            address_size=REGISTER_FORM_ADDRESS_SIZE,
+            register_operand=True,
+            index_invalid=False,
+            base_invalid=False,
+            operand_size_32=operand_size_32,
+            reg2=reg2,
+        )
     scale = {1: 0, 2: 1, 4: 2, 8: 3}.get(ins.memory_index_scale, 0)
     index_invalid = ins.memory_index == Register.NONE
     base_invalid = ins.memory_base == Register.NONE
     return InstructionInfo(
-        scale=0 if index_invalid else scale, address_size=asize, register_operand=False,
-        operand_size_32=operand_size_32, segment=SREG.get(ins.memory_segment, 3),
-        index=0 if index_invalid else gpr_number(ins.memory_index), index_invalid=index_invalid,
-        base=0 if base_invalid else gpr_number(ins.memory_base), base_invalid=base_invalid, reg2=reg2)
+        scale=0 if index_invalid else scale,
+        address_size=asize,
+        register_operand=False,
+        operand_size_32=operand_size_32,
+        segment=SREG.get(ins.memory_segment, 3),
+        index=0 if index_invalid else gpr_number(ins.memory_index),
+        index_invalid=index_invalid,
+        base=0 if base_invalid else gpr_number(ins.memory_base),
+        base_invalid=base_invalid,
+        reg2=reg2,
+    )
 
 
 def _rm_register(ins: Instruction) -> int:

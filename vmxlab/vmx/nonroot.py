@@ -81,25 +81,64 @@ IO_BITMAP_B_FIRST_PORT = 0x8000
 IO_PORT_LIMIT = 0x10000
 
 #: exits caused by executing an instruction: they report the instruction length (SDM Vol.3C 28.2.4)
-INSTRUCTION_EXITS = frozenset({
-    ExitReason.CPUID, ExitReason.GETSEC, ExitReason.HLT, ExitReason.INVD, ExitReason.INVLPG, ExitReason.RDPMC,
-    ExitReason.RDTSC, ExitReason.RSM, ExitReason.VMCALL, ExitReason.VMCLEAR, ExitReason.VMLAUNCH,
-    ExitReason.VMPTRLD, ExitReason.VMPTRST, ExitReason.VMREAD, ExitReason.VMRESUME, ExitReason.VMWRITE,
-    ExitReason.VMXOFF, ExitReason.VMXON, ExitReason.CONTROL_REGISTER_ACCESS, ExitReason.MOV_DR,
-    ExitReason.IO_INSTRUCTION, ExitReason.RDMSR, ExitReason.WRMSR, ExitReason.MWAIT, ExitReason.MONITOR,
-    ExitReason.PAUSE, ExitReason.ACCESS_TO_GDTR_OR_IDTR, ExitReason.ACCESS_TO_LDTR_OR_TR, ExitReason.INVEPT,
-    ExitReason.RDTSCP, ExitReason.INVVPID, ExitReason.WBINVD_OR_WBNOINVD, ExitReason.XSETBV,
-})
+INSTRUCTION_EXITS = frozenset(
+    {
+        ExitReason.CPUID,
+        ExitReason.GETSEC,
+        ExitReason.HLT,
+        ExitReason.INVD,
+        ExitReason.INVLPG,
+        ExitReason.RDPMC,
+        ExitReason.RDTSC,
+        ExitReason.RSM,
+        ExitReason.VMCALL,
+        ExitReason.VMCLEAR,
+        ExitReason.VMLAUNCH,
+        ExitReason.VMPTRLD,
+        ExitReason.VMPTRST,
+        ExitReason.VMREAD,
+        ExitReason.VMRESUME,
+        ExitReason.VMWRITE,
+        ExitReason.VMXOFF,
+        ExitReason.VMXON,
+        ExitReason.CONTROL_REGISTER_ACCESS,
+        ExitReason.MOV_DR,
+        ExitReason.IO_INSTRUCTION,
+        ExitReason.RDMSR,
+        ExitReason.WRMSR,
+        ExitReason.MWAIT,
+        ExitReason.MONITOR,
+        ExitReason.PAUSE,
+        ExitReason.ACCESS_TO_GDTR_OR_IDTR,
+        ExitReason.ACCESS_TO_LDTR_OR_TR,
+        ExitReason.INVEPT,
+        ExitReason.RDTSCP,
+        ExitReason.INVVPID,
+        ExitReason.WBINVD_OR_WBNOINVD,
+        ExitReason.XSETBV,
+    }
+)
 #: VMX instructions whose exits report instruction information (SDM Vol.3C Tables 28-9, 28-13, 28-14)
-VMX_INSTRUCTIONS_WITH_INFO = frozenset({
-    ExitReason.VMCLEAR, ExitReason.VMPTRLD, ExitReason.VMPTRST, ExitReason.VMREAD, ExitReason.VMWRITE,
-    ExitReason.VMXON, ExitReason.INVEPT, ExitReason.INVVPID,
-})
-VMX_INSTRUCTIONS_WITH_REG2 = frozenset({ExitReason.VMREAD, ExitReason.VMWRITE, ExitReason.INVEPT,
-                                        ExitReason.INVVPID})
-SOFTWARE_EVENT_KINDS = frozenset({EventKind.SOFTWARE_INTERRUPT, EventKind.PRIV_SOFTWARE_EXCEPTION,
-                                  EventKind.SOFTWARE_EXCEPTION})
-NO_ERROR_CODE = -1  # VmExitSignal info values are ints: "no error code"
+VMX_INSTRUCTIONS_WITH_INFO = frozenset(
+    {
+        ExitReason.VMCLEAR,
+        ExitReason.VMPTRLD,
+        ExitReason.VMPTRST,
+        ExitReason.VMREAD,
+        ExitReason.VMWRITE,
+        ExitReason.VMXON,
+        ExitReason.INVEPT,
+        ExitReason.INVVPID,
+    }
+)
+VMX_INSTRUCTIONS_WITH_REG2 = frozenset(
+    {ExitReason.VMREAD, ExitReason.VMWRITE, ExitReason.INVEPT, ExitReason.INVVPID}
+)
+SOFTWARE_EVENT_KINDS = frozenset(
+    {EventKind.SOFTWARE_INTERRUPT, EventKind.PRIV_SOFTWARE_EXCEPTION, EventKind.SOFTWARE_EXCEPTION}
+)
+NO_ERROR_CODE = -1
+EPT_QUALIFICATION_FETCH = 1 << 2  # VmExitSignal info values are ints: "no error code"
 
 
 class Injection:
@@ -121,8 +160,15 @@ class NonRootOperation:
     running), which is also what a processor assumes of its VMCS cache.
     """
 
-    def __init__(self, cpu: CPU, vmcs: Vmcs, caps: VmxCapabilities, engine: Engine,
-                 ept: EptTranslator | None, injection: Injection | None) -> None:
+    def __init__(
+        self,
+        cpu: CPU,
+        vmcs: Vmcs,
+        caps: VmxCapabilities,
+        engine: Engine,
+        ept: EptTranslator | None,
+        injection: Injection | None,
+    ) -> None:
         self.cpu = cpu
         self.vmcs = vmcs
         self.caps = caps
@@ -132,8 +178,11 @@ class NonRootOperation:
         v = vmcs
         self.pin = v[F.PIN_BASED_VM_EXECUTION_CONTROLS]
         self.primary = v[F.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS]
-        self.secondary = (v[F.SECONDARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS]
-                          if self.primary & P.ACTIVATE_SECONDARY_CONTROLS else 0)
+        self.secondary = (
+            v[F.SECONDARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS]
+            if self.primary & P.ACTIVATE_SECONDARY_CONTROLS
+            else 0
+        )
         self.exit_controls = v[F.VM_EXIT_CONTROLS]
         self.exception_bitmap = v[F.EXCEPTION_BITMAP]
         self.pfec_mask = v[F.PAGE_FAULT_ERROR_CODE_MASK]
@@ -216,7 +265,9 @@ class NonRootOperation:
 
     def _invlpg(self, cpu: CPU, info: dict) -> None:
         if self.primary & P.INVLPG_EXITING:
-            raise VmExitSignal(ExitReason.INVLPG, info.get("linear", 0) & M32)  # qualification: linear address
+            raise VmExitSignal(
+                ExitReason.INVLPG, info.get("linear", 0) & M32
+            )  # qualification: linear address
 
     def _msr(self, msr: int, write: bool) -> None:
         """RDMSR/WRMSR (SDM Vol.3C 26.1.3): exit unless "use MSR bitmaps" and the bit for ECX is 0."""
@@ -243,14 +294,22 @@ class NonRootOperation:
         port, size = info["port"] & 0xFFFF, info["size"]
         if self.primary & P.USE_IO_BITMAPS:
             exits = port + size > IO_PORT_LIMIT or any(
-                self._bit(self.io_bitmap_a, p) if p < IO_BITMAP_B_FIRST_PORT
+                self._bit(self.io_bitmap_a, p)
+                if p < IO_BITMAP_B_FIRST_PORT
                 else self._bit(self.io_bitmap_b, p - IO_BITMAP_B_FIRST_PORT)
-                for p in range(port, port + size))
+                for p in range(port, port + size)
+            )
         else:
             exits = bool(self.primary & P.UNCONDITIONAL_IO_EXITING)
         if exits:
-            q = IoQualification(size=size, direction_in=bool(info.get("is_in")), string=bool(info.get("string")),
-                                rep=bool(info.get("rep")), immediate=bool(info.get("imm")), port=port)
+            q = IoQualification(
+                size=size,
+                direction_in=bool(info.get("is_in")),
+                string=bool(info.get("string")),
+                rep=bool(info.get("rep")),
+                immediate=bool(info.get("imm")),
+                port=port,
+            )
             raise VmExitSignal(ExitReason.IO_INSTRUCTION, q.encode())
 
     def _mov_dr(self, cpu: CPU, info: dict) -> None:
@@ -339,8 +398,15 @@ class NonRootOperation:
 
     # ================================================================== events (SDM Vol.3C 26.2, 26.7)
 
-    def check_exception_exit(self, cpu: CPU, vector: int, error_code: int | None, kind: int,
-                             next_ip: int | None = None, fault_address: int | None = None) -> None:
+    def check_exception_exit(
+        self,
+        cpu: CPU,
+        vector: int,
+        error_code: int | None,
+        kind: int,
+        next_ip: int | None = None,
+        fault_address: int | None = None,
+    ) -> None:
         """The exception bitmap; for #PF, exit iff ((PFEC & mask) == match) equals bitmap bit 14."""
         if vector == Vector.PF:
             matches = ((error_code or 0) & self.pfec_mask) == self.pfec_match
@@ -348,9 +414,16 @@ class NonRootOperation:
         else:
             exits = bool(self.exception_bitmap >> vector & 1)
         if exits:
-            qualification = (fault_address if fault_address is not None else cpu.cr2) if vector == Vector.PF else 0
-            raise VmExitSignal(ExitReason.EXCEPTION_OR_NMI, qualification & M32, vector=vector, type=int(kind),
-                               error_code=NO_ERROR_CODE if error_code is None else error_code)
+            qualification = (
+                (fault_address if fault_address is not None else cpu.cr2) if vector == Vector.PF else 0
+            )
+            raise VmExitSignal(
+                ExitReason.EXCEPTION_OR_NMI,
+                qualification & M32,
+                vector=vector,
+                type=int(kind),
+                error_code=NO_ERROR_CODE if error_code is None else error_code,
+            )
 
     def _blocked_by_shadow(self, cpu: CPU) -> bool:
         return cpu.inhibit_pending or cpu.icount <= cpu.shadow_until
@@ -363,8 +436,13 @@ class NonRootOperation:
         intc = cpu.machine.intc
         if self.exit_controls & VM_EXIT_CTLS.ACKNOWLEDGE_INTERRUPT_ON_EXIT and intc is not None:
             vector = intc.acknowledge()
-            raise VmExitSignal(ExitReason.EXTERNAL_INTERRUPT, 0, vector=vector,
-                               type=int(InterruptionType.EXTERNAL_INTERRUPT), error_code=NO_ERROR_CODE)
+            raise VmExitSignal(
+                ExitReason.EXTERNAL_INTERRUPT,
+                0,
+                vector=vector,
+                type=int(InterruptionType.EXTERNAL_INTERRUPT),
+                error_code=NO_ERROR_CODE,
+            )
         raise VmExitSignal(ExitReason.EXTERNAL_INTERRUPT, 0)
 
     def pending_event(self, cpu: CPU) -> bool:
@@ -380,14 +458,23 @@ class NonRootOperation:
         if cpu.nmi_pending and not cpu.nmi_blocked and not shadow:
             if self.pin & PIN_BASED_CTLS.NMI_EXITING:
                 cpu.nmi_pending = False
-                raise VmExitSignal(ExitReason.EXCEPTION_OR_NMI, 0, vector=Vector.NMI, type=int(InterruptionType.NMI),
-                                   error_code=NO_ERROR_CODE)
+                raise VmExitSignal(
+                    ExitReason.EXCEPTION_OR_NMI,
+                    0,
+                    vector=Vector.NMI,
+                    type=int(InterruptionType.NMI),
+                    error_code=NO_ERROR_CODE,
+                )
             return False  # the run loop delivers it through the guest IDT
         if self.primary & P.INTERRUPT_WINDOW_EXITING and cpu.eflags_sys & fl.IF and not shadow:
             raise VmExitSignal(ExitReason.INTERRUPT_WINDOW, 0)
         intc = cpu.machine.intc
-        if (self.pin & PIN_BASED_CTLS.EXTERNAL_INTERRUPT_EXITING and intc is not None and intc.intr
-                and not shadow):
+        if (
+            self.pin & PIN_BASED_CTLS.EXTERNAL_INTERRUPT_EXITING
+            and intc is not None
+            and intc.intr
+            and not shadow
+        ):
             self.external_interrupt_exits(cpu)
         return False
 
@@ -416,7 +503,8 @@ class NonRootOperation:
         exits despite IF = 0, still can.  Virtual time jumps to the next clock event."""
         clock = cpu.machine.clock
         wakes = self.timer_deadline is not None or (
-            self.pin & PIN_BASED_CTLS.EXTERNAL_INTERRUPT_EXITING and clock.deadline_icount < clock.NEVER)
+            self.pin & PIN_BASED_CTLS.EXTERNAL_INTERRUPT_EXITING and clock.deadline_icount < clock.NEVER
+        )
         if not wakes:
             return False
         skip = clock.deadline_icount - (cpu.icount + cpu.idle_ticks)
@@ -446,16 +534,26 @@ class NonRootOperation:
         delivering = getattr(cpu, "delivering", None)
         # ---- 28.2.1-28.2.5: basic information, instruction length and information
         ins = None
-        needs_instruction = reason in INSTRUCTION_EXITS or (
-            reason == ExitReason.EXCEPTION_OR_NMI and info.get("type") in SOFTWARE_EVENT_KINDS) or (
-            reason == ExitReason.TASK_SWITCH and qualification >> 30 != TaskSwitchSource.TASK_GATE_IN_IDT)
+        needs_instruction = (
+            reason in INSTRUCTION_EXITS
+            or (reason == ExitReason.EXCEPTION_OR_NMI and info.get("type") in SOFTWARE_EVENT_KINDS)
+            or (reason == ExitReason.TASK_SWITCH and qualification >> 30 != TaskSwitchSource.TASK_GATE_IN_IDT)
+            # the SDM leaves the length undefined for EPT violations; a VMM emulating MMIO needs it, so a
+            # data access reports the length of its instruction (as Bochs does)
+            or (
+                reason == ExitReason.EPT_VIOLATION
+                and not qualification & EPT_QUALIFICATION_FETCH
+                and delivering is None
+            )
+        )
         if needs_instruction:
             ins = instruction_at_rip(cpu)
             if ins is not None:
                 length = ins.len
         if ins is not None:
             qualification, instruction_info, guest_linear = self._instruction_details(
-                cpu, reason, ins, qualification, instruction_info, guest_linear, info)
+                cpu, reason, ins, qualification, instruction_info, guest_linear, info
+            )
         v[F.EXIT_REASON] = reason
         v[F.EXIT_QUALIFICATION] = qualification
         v[F.GUEST_LINEAR_ADDRESS] = guest_linear if guest_linear is not None else 0
@@ -465,15 +563,17 @@ class NonRootOperation:
         if "vector" in info:
             ec = info.get("error_code", NO_ERROR_CODE)
             v[F.VM_EXIT_INTERRUPTION_INFORMATION] = InterruptionInfo(
-                info["vector"], info["type"], error_code_valid=ec != NO_ERROR_CODE).encode()
+                info["vector"], info["type"], error_code_valid=ec != NO_ERROR_CODE
+            ).encode()
             v[F.VM_EXIT_INTERRUPTION_ERROR_CODE] = ec if ec != NO_ERROR_CODE else 0
         else:
             v[F.VM_EXIT_INTERRUPTION_INFORMATION] = 0
         # IDT-vectoring information (28.2.4): the exit happened while delivering an event
         if delivering is not None:
             d_vector, d_ec, d_kind, d_return = delivering
-            v[F.IDT_VECTORING_INFORMATION] = InterruptionInfo(d_vector, int(d_kind),
-                                                              error_code_valid=d_ec is not None).encode()
+            v[F.IDT_VECTORING_INFORMATION] = InterruptionInfo(
+                d_vector, int(d_kind), error_code_valid=d_ec is not None
+            ).encode()
             v[F.IDT_VECTORING_ERROR_CODE] = d_ec or 0
             if d_kind in SOFTWARE_EVENT_KINDS:
                 length = (d_return - cpu.eip) & (M32 if cpu.cs32 else 0xFFFF)
@@ -498,19 +598,32 @@ class NonRootOperation:
             self.on_exit(self)
         return StopRequest(StopReason.VM_EXIT, status=reason, detail=describe(reason))
 
-    def _instruction_details(self, cpu: CPU, reason: int, ins, qualification: int, instruction_info: int,
-                             guest_linear: int | None, info: dict) -> tuple[int, int, int | None]:
+    def _instruction_details(
+        self,
+        cpu: CPU,
+        reason: int,
+        ins,
+        qualification: int,
+        instruction_info: int,
+        guest_linear: int | None,
+        info: dict,
+    ) -> tuple[int, int, int | None]:
         """Qualification, instruction information and guest-linear address that come from the encoding."""
         cs32 = cpu.cs32
         if reason in (ExitReason.ACCESS_TO_GDTR_OR_IDTR, ExitReason.ACCESS_TO_LDTR_OR_TR):
             op32 = (ins.op_code().operand_size or (32 if cs32 else 16)) == 32
             identity = info.get("identity", 0)
-            ii = memory_instruction_info(ins, cs32, reg2=identity,
-                                         operand_size_32=op32 and reason == ExitReason.ACCESS_TO_GDTR_OR_IDTR)
+            ii = memory_instruction_info(
+                ins, cs32, reg2=identity, operand_size_32=op32 and reason == ExitReason.ACCESS_TO_GDTR_OR_IDTR
+            )
             return displacement(ins, cs32), ii.encode(), guest_linear
         if reason in VMX_INSTRUCTIONS_WITH_INFO:
             reg2 = modrm_reg_register(ins) if reason in VMX_INSTRUCTIONS_WITH_REG2 else 0
-            return displacement(ins, cs32), memory_instruction_info(ins, cs32, reg2=reg2).encode(), guest_linear
+            return (
+                displacement(ins, cs32),
+                memory_instruction_info(ins, cs32, reg2=reg2).encode(),
+                guest_linear,
+            )
         if reason == ExitReason.IO_INSTRUCTION and qualification & (1 << 4):  # INS/OUTS
             asize = address_size(ins, cs32)
             is_in = bool(qualification & (1 << 3))
@@ -519,9 +632,9 @@ class NonRootOperation:
             offset = cpu.regs[7 if is_in else 6] & (0xFFFF if asize == 2 else M32)
             linear = (cpu.segs[seg].base + offset) & M32
             return qualification, IoInstructionInfo(asize, seg).encode(), linear
-        if reason == ExitReason.CONTROL_REGISTER_ACCESS and (qualification >> 4) & 3 == CrAccessType.LMSW:
-            if memory_operand_index(ins) is not None:
-                return qualification | 1 << 6, instruction_info, memory_operand_linear(cpu, ins)
+        lmsw = reason == ExitReason.CONTROL_REGISTER_ACCESS and (qualification >> 4) & 3 == CrAccessType.LMSW
+        if lmsw and memory_operand_index(ins) is not None:
+            return qualification | 1 << 6, instruction_info, memory_operand_linear(cpu, ins)
         return qualification, instruction_info, guest_linear
 
     def _timer_remaining(self, cpu: CPU) -> int | None:

@@ -50,13 +50,22 @@ class ControlRegisterAccess:
 
     @classmethod
     def decode(cls, raw: int) -> ControlRegisterAccess:
-        return cls(control_register=_bits(raw, 3, 0), access_type=CrAccessType(_bits(raw, 5, 4)),
-                   general_purpose_register=_bits(raw, 11, 8), lmsw_operand_memory=bool(_bits(raw, 6, 6)),
-                   lmsw_source_data=_bits(raw, 31, 16))
+        return cls(
+            control_register=_bits(raw, 3, 0),
+            access_type=CrAccessType(_bits(raw, 5, 4)),
+            general_purpose_register=_bits(raw, 11, 8),
+            lmsw_operand_memory=bool(_bits(raw, 6, 6)),
+            lmsw_source_data=_bits(raw, 31, 16),
+        )
 
     def encode(self) -> int:
-        return (self.control_register & 0xF | (int(self.access_type) & 3) << 4 | int(self.lmsw_operand_memory) << 6
-                | (self.general_purpose_register & 0xF) << 8 | (self.lmsw_source_data & 0xFFFF) << 16)
+        return (
+            self.control_register & 0xF
+            | (int(self.access_type) & 3) << 4
+            | int(self.lmsw_operand_memory) << 6
+            | (self.general_purpose_register & 0xF) << 8
+            | (self.lmsw_source_data & 0xFFFF) << 16
+        )
 
 
 # --------------------------------------------------------------------- MOV DR (29)
@@ -98,12 +107,24 @@ class IoQualification:
 
     @classmethod
     def decode(cls, raw: int) -> IoQualification:
-        return cls(IO_SIZE_FROM_CODE.get(_bits(raw, 2, 0), 0), bool(_bits(raw, 3, 3)), bool(_bits(raw, 4, 4)),
-                   bool(_bits(raw, 5, 5)), bool(_bits(raw, 6, 6)), _bits(raw, 31, 16))
+        return cls(
+            IO_SIZE_FROM_CODE.get(_bits(raw, 2, 0), 0),
+            bool(_bits(raw, 3, 3)),
+            bool(_bits(raw, 4, 4)),
+            bool(_bits(raw, 5, 5)),
+            bool(_bits(raw, 6, 6)),
+            _bits(raw, 31, 16),
+        )
 
     def encode(self) -> int:
-        return (IO_SIZE_CODE[self.size] | int(self.direction_in) << 3 | int(self.string) << 4 | int(self.rep) << 5
-                | int(self.immediate) << 6 | (self.port & 0xFFFF) << 16)
+        return (
+            IO_SIZE_CODE[self.size]
+            | int(self.direction_in) << 3
+            | int(self.string) << 4
+            | int(self.rep) << 5
+            | int(self.immediate) << 6
+            | (self.port & 0xFFFF) << 16
+        )
 
 
 # --------------------------------------------------------------------- EPT violation (48)
@@ -138,9 +159,17 @@ class EptViolationQualification:
         return cls(b[0], b[1], b[2], b[3], b[4], b[5], b[7], b[8], b[12])
 
     def encode(self) -> int:
-        return (int(self.read) | int(self.write) << 1 | int(self.fetch) << 2 | int(self.readable) << 3
-                | int(self.writable) << 4 | int(self.executable) << 5 | int(self.linear_address_valid) << 7
-                | int(self.translated_access and self.linear_address_valid) << 8 | int(self.nmi_unblocking) << 12)
+        return (
+            int(self.read)
+            | int(self.write) << 1
+            | int(self.fetch) << 2
+            | int(self.readable) << 3
+            | int(self.writable) << 4
+            | int(self.executable) << 5
+            | int(self.linear_address_valid) << 7
+            | int(self.translated_access and self.linear_address_valid) << 8
+            | int(self.nmi_unblocking) << 12
+        )
 
 
 # --------------------------------------------------------------------- task switch (9)
@@ -192,8 +221,13 @@ class InterruptionType(enum.IntEnum):
 INTERRUPTION_TYPE_RESERVED = 1
 
 #: types whose delivery needs the VM-entry instruction length (INT n, INT1, INT3/INTO)
-SOFTWARE_TYPES = frozenset({InterruptionType.SOFTWARE_INTERRUPT, InterruptionType.PRIVILEGED_SOFTWARE_EXCEPTION,
-                            InterruptionType.SOFTWARE_EXCEPTION})
+SOFTWARE_TYPES = frozenset(
+    {
+        InterruptionType.SOFTWARE_INTERRUPT,
+        InterruptionType.PRIVILEGED_SOFTWARE_EXCEPTION,
+        InterruptionType.SOFTWARE_EXCEPTION,
+    }
+)
 
 INTERRUPTION_VALID = 1 << 31
 INTERRUPTION_ERROR_CODE_VALID = 1 << 11
@@ -218,17 +252,25 @@ class InterruptionInfo:
 
     @classmethod
     def decode(cls, raw: int) -> InterruptionInfo:
-        t = _bits(raw, 10, 8)
-        try:
+        t: int = _bits(raw, 10, 8)
+        if t in InterruptionType._value2member_map_:
             t = InterruptionType(t)
-        except ValueError:
-            pass
-        return cls(_bits(raw, 7, 0), t, bool(raw & INTERRUPTION_ERROR_CODE_VALID), bool(raw & INTERRUPTION_VALID),
-                   bool(raw & INTERRUPTION_NMI_UNBLOCKING))
+        return cls(
+            _bits(raw, 7, 0),
+            t,
+            bool(raw & INTERRUPTION_ERROR_CODE_VALID),
+            bool(raw & INTERRUPTION_VALID),
+            bool(raw & INTERRUPTION_NMI_UNBLOCKING),
+        )
 
     def encode(self) -> int:
-        return (self.vector & 0xFF | (int(self.type) & 7) << 8 | int(self.error_code_valid) << 11
-                | int(self.nmi_unblocking) << 12 | int(self.valid) << 31)
+        return (
+            self.vector & 0xFF
+            | (int(self.type) & 7) << 8
+            | int(self.error_code_valid) << 11
+            | int(self.nmi_unblocking) << 12
+            | int(self.valid) << 31
+        )
 
     def __str__(self) -> str:
         t = self.type.name if isinstance(self.type, InterruptionType) else f"type {self.type}"
@@ -290,15 +332,34 @@ class InstructionInfo:
 
     @classmethod
     def decode(cls, raw: int) -> InstructionInfo:
-        return cls(_bits(raw, 1, 0), _bits(raw, 6, 3), ADDRESS_SIZE_FROM_CODE.get(_bits(raw, 9, 7), 0),
-                   bool(_bits(raw, 10, 10)), bool(_bits(raw, 11, 11)), _bits(raw, 17, 15), _bits(raw, 21, 18),
-                   bool(_bits(raw, 22, 22)), _bits(raw, 26, 23), bool(_bits(raw, 27, 27)), _bits(raw, 31, 28))
+        return cls(
+            _bits(raw, 1, 0),
+            _bits(raw, 6, 3),
+            ADDRESS_SIZE_FROM_CODE.get(_bits(raw, 9, 7), 0),
+            bool(_bits(raw, 10, 10)),
+            bool(_bits(raw, 11, 11)),
+            _bits(raw, 17, 15),
+            _bits(raw, 21, 18),
+            bool(_bits(raw, 22, 22)),
+            _bits(raw, 26, 23),
+            bool(_bits(raw, 27, 27)),
+            _bits(raw, 31, 28),
+        )
 
     def encode(self) -> int:
-        return (self.scale & 3 | (self.reg1 & 0xF) << 3 | ADDRESS_SIZE_CODE[self.address_size] << 7
-                | int(self.register_operand) << 10 | int(self.operand_size_32) << 11 | (self.segment & 7) << 15
-                | (self.index & 0xF) << 18 | int(self.index_invalid) << 22 | (self.base & 0xF) << 23
-                | int(self.base_invalid) << 27 | (self.reg2 & 0xF) << 28)
+        return (
+            self.scale & 3
+            | (self.reg1 & 0xF) << 3
+            | ADDRESS_SIZE_CODE[self.address_size] << 7
+            | int(self.register_operand) << 10
+            | int(self.operand_size_32) << 11
+            | (self.segment & 7) << 15
+            | (self.index & 0xF) << 18
+            | int(self.index_invalid) << 22
+            | (self.base & 0xF) << 23
+            | int(self.base_invalid) << 27
+            | (self.reg2 & 0xF) << 28
+        )
 
     @property
     def identity(self) -> int:

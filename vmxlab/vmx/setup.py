@@ -112,28 +112,41 @@ def enter_vmx_operation(vcpu, alloc: PageAllocator) -> VmxRegions:
     return regions
 
 
-def write_controls(vcpu, *, pin: int = 0, primary: int = 0, secondary: int = 0, exit: int = 0, entry: int = 0,
-                   exception_bitmap: int = 0) -> None:
+def write_controls(
+    vcpu,
+    *,
+    pin: int = 0,
+    primary: int = 0,
+    secondary: int = 0,
+    exit: int = 0,
+    entry: int = 0,
+    exception_bitmap: int = 0,
+) -> None:
     """Write the five control fields, adjusted to the capability MSRs (default-1 bits set)."""
     caps = vcpu.caps
     if secondary:
         primary |= PRIMARY_PROC_BASED_CTLS.ACTIVATE_SECONDARY_CONTROLS
-    vcpu.write({
-        F.PIN_BASED_VM_EXECUTION_CONTROLS: caps.true_pin.adjust(pin),
-        F.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS: caps.true_primary.adjust(primary),
-        F.SECONDARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS: caps.secondary.adjust(secondary),
-        F.VM_EXIT_CONTROLS: caps.true_exit.adjust(exit),
-        F.VM_ENTRY_CONTROLS: caps.true_entry.adjust(entry),
-        F.EXCEPTION_BITMAP: exception_bitmap,
-    })
+    vcpu.write(
+        {
+            F.PIN_BASED_VM_EXECUTION_CONTROLS: caps.true_pin.adjust(pin),
+            F.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS: caps.true_primary.adjust(primary),
+            F.SECONDARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS: caps.secondary.adjust(secondary),
+            F.VM_EXIT_CONTROLS: caps.true_exit.adjust(exit),
+            F.VM_ENTRY_CONTROLS: caps.true_entry.adjust(entry),
+            F.EXCEPTION_BITMAP: exception_bitmap,
+        }
+    )
 
 
 def set_controls(vcpu, field: VmcsField, set_bits: int = 0, clear_bits: int = 0) -> None:
     """Read-modify-write a control field (e.g. turn HLT exiting on between two VM entries)."""
     value = (vcpu.vmread(field) | set_bits) & ~clear_bits
     if field == F.SECONDARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS and value:
-        set_controls(vcpu, F.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS,
-                     PRIMARY_PROC_BASED_CTLS.ACTIVATE_SECONDARY_CONTROLS)
+        set_controls(
+            vcpu,
+            F.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS,
+            PRIMARY_PROC_BASED_CTLS.ACTIVATE_SECONDARY_CONTROLS,
+        )
     vcpu.vmwrite(field, value).check()
 
 
@@ -141,51 +154,101 @@ def write_host_state(vcpu, alloc: PageAllocator) -> None:
     """A flat 32-bit host with paging on (CR0.PG is fixed to 1 for the host)."""
     gdt, idt, tss, pd = alloc.page(), alloc.page(), alloc.page(), alloc.page()
     caps = vcpu.caps
-    vcpu.write({
-        F.HOST_CR0: caps.cr0_fixed0 | CR0_ET, F.HOST_CR3: pd, F.HOST_CR4: caps.cr4_fixed0,
-        F.HOST_CS_SELECTOR: HOST_CS, F.HOST_SS_SELECTOR: HOST_DS, F.HOST_DS_SELECTOR: HOST_DS,
-        F.HOST_ES_SELECTOR: HOST_DS, F.HOST_FS_SELECTOR: HOST_DS, F.HOST_GS_SELECTOR: HOST_DS,
-        F.HOST_TR_SELECTOR: HOST_TR, F.HOST_TR_BASE: tss, F.HOST_GDTR_BASE: gdt, F.HOST_IDTR_BASE: idt,
-        F.HOST_RSP: 0, F.HOST_RIP: 0,
-    })
+    vcpu.write(
+        {
+            F.HOST_CR0: caps.cr0_fixed0 | CR0_ET,
+            F.HOST_CR3: pd,
+            F.HOST_CR4: caps.cr4_fixed0,
+            F.HOST_CS_SELECTOR: HOST_CS,
+            F.HOST_SS_SELECTOR: HOST_DS,
+            F.HOST_DS_SELECTOR: HOST_DS,
+            F.HOST_ES_SELECTOR: HOST_DS,
+            F.HOST_FS_SELECTOR: HOST_DS,
+            F.HOST_GS_SELECTOR: HOST_DS,
+            F.HOST_TR_SELECTOR: HOST_TR,
+            F.HOST_TR_BASE: tss,
+            F.HOST_GDTR_BASE: gdt,
+            F.HOST_IDTR_BASE: idt,
+            F.HOST_RSP: 0,
+            F.HOST_RIP: 0,
+        }
+    )
 
 
-def identity_ept(vcpu, alloc: PageAllocator, size: int, *, page_size: int | None = None,
-                 accessed_dirty: bool = False, perms: int = EPT_RWX) -> EptBuilder:
+def identity_ept(
+    vcpu,
+    alloc: PageAllocator,
+    size: int,
+    *,
+    page_size: int | None = None,
+    accessed_dirty: bool = False,
+    perms: int = EPT_RWX,
+) -> EptBuilder:
     """EPT mapping guest-physical [0, size) to the same host-physical addresses; enables EPT."""
     ept = EptBuilder(vcpu.memory, alloc)
     ept.map(0, 0, size, perms, page_size=page_size)
     vcpu.vmwrite(F.EPT_POINTER, ept.eptp(accessed_dirty=accessed_dirty)).check()
-    set_controls(vcpu, F.SECONDARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS, SECONDARY_PROC_BASED_CTLS.ENABLE_EPT)
+    set_controls(
+        vcpu, F.SECONDARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS, SECONDARY_PROC_BASED_CTLS.ENABLE_EPT
+    )
     return ept
 
 
 def _segment(vcpu, i: int, selector: int, base: int, limit: int, ar: int) -> None:
-    vcpu.write({GUEST_SELECTOR[i]: selector, GUEST_BASE[i]: base, GUEST_LIMIT[i]: limit, GUEST_ACCESS_RIGHTS[i]: ar})
+    vcpu.write(
+        {GUEST_SELECTOR[i]: selector, GUEST_BASE[i]: base, GUEST_LIMIT[i]: limit, GUEST_ACCESS_RIGHTS[i]: ar}
+    )
 
 
-def _common_guest_state(vcpu, rip: int, rsp: int, cr0: int, cr3: int, cr4: int) -> None:
-    vcpu.write({
-        F.GUEST_CR0: cr0, F.GUEST_CR3: cr3, F.GUEST_CR4: cr4, F.GUEST_DR7: 0x400, F.GUEST_RIP: rip,
-        F.GUEST_RSP: rsp, F.GUEST_RFLAGS: 0x2, F.GUEST_ACTIVITY_STATE: ActivityState.ACTIVE,
-        F.GUEST_INTERRUPTIBILITY_STATE: 0, F.GUEST_PENDING_DEBUG_EXCEPTIONS: 0,
-        F.VMCS_LINK_POINTER: VMCS_LINK_POINTER_NONE, F.VM_ENTRY_INTERRUPTION_INFORMATION: 0,
-    })
+def _common_guest_state(
+    vcpu, rip: int, rsp: int, cr0: int, cr3: int, cr4: int, cr0_seen: int | None = None
+) -> None:
+    """Guest registers plus the CR masks every VMM sets: the VMM owns CR0.NE and CR4.VMXE (fixed to 1 in
+    VMX operation, SDM Vol.3C 24.8), and the read shadows show the guest the values it expects
+    (``cr0_seen``; VMXE = 0), so guest writes that keep them do not #GP or exit (SDM Vol.3C 26.3)."""
+    vcpu.write(
+        {
+            F.CR0_GUEST_HOST_MASK: CR0_NE,
+            F.CR0_READ_SHADOW: cr0 if cr0_seen is None else cr0_seen,
+            F.CR4_GUEST_HOST_MASK: CR4_VMXE,
+            F.CR4_READ_SHADOW: cr4 & ~CR4_VMXE,
+            F.GUEST_CR0: cr0,
+            F.GUEST_CR3: cr3,
+            F.GUEST_CR4: cr4,
+            F.GUEST_DR7: 0x400,
+            F.GUEST_RIP: rip,
+            F.GUEST_RSP: rsp,
+            F.GUEST_RFLAGS: 0x2,
+            F.GUEST_ACTIVITY_STATE: ActivityState.ACTIVE,
+            F.GUEST_INTERRUPTIBILITY_STATE: 0,
+            F.GUEST_PENDING_DEBUG_EXCEPTIONS: 0,
+            F.VMCS_LINK_POINTER: VMCS_LINK_POINTER_NONE,
+            F.VM_ENTRY_INTERRUPTION_INFORMATION: 0,
+        }
+    )
     _segment(vcpu, 6, 0, 0, 0, AR_UNUSABLE)  # no LDT
 
 
 def real_mode_guest(vcpu, cs: int, ip: int, ss: int = 0, sp: int = 0x7000) -> None:
     """Real-address mode at CS:IP (needs EPT: "unrestricted guest" is turned on here)."""
-    set_controls(vcpu, F.SECONDARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS, SECONDARY_PROC_BASED_CTLS.UNRESTRICTED_GUEST)
-    _common_guest_state(vcpu, ip, sp, CR0_ET | CR0_NE, 0, CR4_VMXE)
+    set_controls(
+        vcpu, F.SECONDARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS, SECONDARY_PROC_BASED_CTLS.UNRESTRICTED_GUEST
+    )
+    _common_guest_state(vcpu, ip, sp, CR0_ET | CR0_NE, 0, CR4_VMXE, cr0_seen=CR0_ET)
     for i in (0, 3, 4, 5):
         _segment(vcpu, i, 0, 0, REAL_LIMIT, AR_REAL_DATA)
     _segment(vcpu, 1, cs, cs << 4, REAL_LIMIT, AR_REAL_CODE)
     _segment(vcpu, 2, ss, ss << 4, REAL_LIMIT, AR_REAL_DATA)
     # TR must be a usable busy TSS even in real mode (SDM Vol.3C 27.3.1.2)
     _segment(vcpu, 7, 0, 0, REAL_LIMIT, AR_TSS32_BUSY)
-    vcpu.write({F.GUEST_GDTR_BASE: 0, F.GUEST_GDTR_LIMIT: REAL_LIMIT, F.GUEST_IDTR_BASE: 0,
-                F.GUEST_IDTR_LIMIT: IVT_LIMIT})
+    vcpu.write(
+        {
+            F.GUEST_GDTR_BASE: 0,
+            F.GUEST_GDTR_LIMIT: REAL_LIMIT,
+            F.GUEST_IDTR_BASE: 0,
+            F.GUEST_IDTR_LIMIT: IVT_LIMIT,
+        }
+    )
 
 
 @dataclass
@@ -202,7 +265,7 @@ class GuestTables:
 def write_guest_tables(memory, tables: GuestTables) -> None:
     """GDT (null, ring-0 code/data, ring-3 code/data, busy 32-bit TSS), an empty IDT, and the TSS."""
     tss = tables.tss
-    tss_desc = (TSS32_LIMIT | (tss & 0xFFFFFF) << 16 | 0x8B << 40 | (tss >> 24) << 56)
+    tss_desc = TSS32_LIMIT | (tss & 0xFFFFFF) << 16 | 0x8B << 40 | (tss >> 24) << 56
     gdt = [0, CODE0_DESCRIPTOR, DATA0_DESCRIPTOR, CODE3_DESCRIPTOR, DATA3_DESCRIPTOR, tss_desc]
     memory.write_bytes(tables.gdt, b"".join(struct.pack("<Q", d) for d in gdt))
     memory.write_bytes(tables.idt, bytes(256 * 8))
@@ -220,22 +283,31 @@ def _protected_segments(vcpu, tables: GuestTables, cpl: int) -> None:
         _segment(vcpu, i, data, 0, FLAT_LIMIT, data_ar)
     _segment(vcpu, 1, code, 0, FLAT_LIMIT, code_ar)
     _segment(vcpu, 7, TSS, tables.tss, TSS32_LIMIT, AR_TSS32_BUSY)
-    vcpu.write({F.GUEST_GDTR_BASE: tables.gdt, F.GUEST_GDTR_LIMIT: GDT_ENTRIES * 8 - 1,
-                F.GUEST_IDTR_BASE: tables.idt, F.GUEST_IDTR_LIMIT: IDT_LIMIT_PM})
+    vcpu.write(
+        {
+            F.GUEST_GDTR_BASE: tables.gdt,
+            F.GUEST_GDTR_LIMIT: GDT_ENTRIES * 8 - 1,
+            F.GUEST_IDTR_BASE: tables.idt,
+            F.GUEST_IDTR_LIMIT: IDT_LIMIT_PM,
+        }
+    )
 
 
 def flat32_guest(vcpu, eip: int, esp: int, tables: GuestTables | None = None, cpl: int = 0) -> GuestTables:
     """32-bit flat protected mode with paging off ("unrestricted guest" + EPT, turned on here)."""
     tables = tables or GuestTables()
     write_guest_tables(vcpu.memory, tables)
-    set_controls(vcpu, F.SECONDARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS, SECONDARY_PROC_BASED_CTLS.UNRESTRICTED_GUEST)
+    set_controls(
+        vcpu, F.SECONDARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS, SECONDARY_PROC_BASED_CTLS.UNRESTRICTED_GUEST
+    )
     _common_guest_state(vcpu, eip, esp, CR0_PE | CR0_NE | CR0_ET, 0, CR4_VMXE)
     _protected_segments(vcpu, tables, cpl)
     return tables
 
 
-def paged32_guest(vcpu, eip: int, esp: int, tables: GuestTables | None = None, identity_mib: int = 16,
-                  cpl: int = 0) -> GuestTables:
+def paged32_guest(
+    vcpu, eip: int, esp: int, tables: GuestTables | None = None, identity_mib: int = 16, cpl: int = 0
+) -> GuestTables:
     """32-bit protected mode with paging: a page directory of 4-MiB pages mapping [0, identity_mib)."""
     tables = tables or GuestTables()
     write_guest_tables(vcpu.memory, tables)
@@ -243,13 +315,14 @@ def paged32_guest(vcpu, eip: int, esp: int, tables: GuestTables | None = None, i
     for i in range(identity_mib // 4):
         struct.pack_into("<I", pd, 4 * i, (i << 22) | PDE_4M)
     vcpu.memory.write_bytes(tables.page_directory, bytes(pd))
-    _common_guest_state(vcpu, eip, esp, CR0_PE | CR0_NE | CR0_ET | CR0_PG, tables.page_directory,
-                        CR4_VMXE | CR4_PSE)
+    _common_guest_state(
+        vcpu, eip, esp, CR0_PE | CR0_NE | CR0_ET | CR0_PG, tables.page_directory, CR4_VMXE | CR4_PSE
+    )
     _protected_segments(vcpu, tables, cpl)
     return tables
 
 
-# ---------------------------------------------------------------------------- one call: a guest ready to launch
+# ------------------------------------------------------------------------ one call: a guest ready to launch
 
 #: where :func:`build_guest_vm` puts VMX structures: above the guest's memory, out of its EPT map
 VMX_AREA_DEFAULT = 0x1800000
@@ -266,10 +339,23 @@ class GuestVm:
     tables: GuestTables | None
 
 
-def build_guest_vm(code: bytes, *, mode: str = "flat32", load: int = 0x100000, entry: int | None = None,
-                   stack: int = 0x80000, mem_mib: int = 32, guest_mib: int = 16, engine: str = "fast",
-                   use_ept: bool = True, ept_page_size: int | None = None, accessed_dirty: bool = False,
-                   cpl: int = 0, machine=None, caps=None) -> GuestVm:
+def build_guest_vm(
+    code: bytes,
+    *,
+    mode: str = "flat32",
+    load: int = 0x100000,
+    entry: int | None = None,
+    stack: int = 0x80000,
+    mem_mib: int = 32,
+    guest_mib: int = 16,
+    engine: str = "fast",
+    use_ept: bool = True,
+    ept_page_size: int | None = None,
+    accessed_dirty: bool = False,
+    cpl: int = 0,
+    machine=None,
+    caps=None,
+) -> GuestVm:
     """A machine, a CPU, VMX operation, a current VMCS with valid controls and host state, and a guest
     of ``mode`` ("real", "flat32", "paged32") whose code is ``code`` at ``load``.
 
@@ -293,7 +379,9 @@ def build_guest_vm(code: bytes, *, mode: str = "flat32", load: int = 0x100000, e
     write_host_state(vcpu, alloc)
     ept = None
     if use_ept or mode in ("real", "flat32"):
-        ept = identity_ept(vcpu, alloc, guest_mib << 20, page_size=ept_page_size, accessed_dirty=accessed_dirty)
+        ept = identity_ept(
+            vcpu, alloc, guest_mib << 20, page_size=ept_page_size, accessed_dirty=accessed_dirty
+        )
     tables = None
     start = load if entry is None else entry
     if mode == "real":

@@ -107,8 +107,9 @@ def load_guest_state(cpu: CPU, vmcs: Vmcs, secondary: int, injecting: bool) -> N
     # 27.3.2.2 segment and descriptor-table registers
     for i in range(6):
         cpu.segs[i].load(v[GUEST_SELECTOR[i]], v[GUEST_BASE[i]], v[GUEST_LIMIT[i]], v[GUEST_ACCESS_RIGHTS[i]])
-    cpu.ldtr.load(v[GUEST_SELECTOR[LDTR]], v[GUEST_BASE[LDTR]], v[GUEST_LIMIT[LDTR]],
-                  v[GUEST_ACCESS_RIGHTS[LDTR]])
+    cpu.ldtr.load(
+        v[GUEST_SELECTOR[LDTR]], v[GUEST_BASE[LDTR]], v[GUEST_LIMIT[LDTR]], v[GUEST_ACCESS_RIGHTS[LDTR]]
+    )
     cpu.tr.load(v[GUEST_SELECTOR[TR]], v[GUEST_BASE[TR]], v[GUEST_LIMIT[TR]], v[GUEST_ACCESS_RIGHTS[TR]])
     cpu.gdtr_base, cpu.gdtr_limit = v[F.GUEST_GDTR_BASE], v[F.GUEST_GDTR_LIMIT]
     cpu.idtr_base, cpu.idtr_limit = v[F.GUEST_IDTR_BASE], v[F.GUEST_IDTR_LIMIT]
@@ -216,8 +217,9 @@ def save_guest_state(cpu: CPU, vmcs: Vmcs, ept: bool, timer_value: int | None) -
     if cpu.inhibit_pending or cpu.icount <= cpu.shadow_until:
         # the CPU does not record which instruction opened the shadow: STI leaves IF = 1, so a shadow
         # with IF = 0 must be MOV SS / POP SS (one with IF = 1 is reported as STI blocking)
-        state |= (Interruptibility.BLOCKING_BY_STI if cpu.eflags_sys & IF
-                  else Interruptibility.BLOCKING_BY_MOV_SS)
+        state |= (
+            Interruptibility.BLOCKING_BY_STI if cpu.eflags_sys & IF else Interruptibility.BLOCKING_BY_MOV_SS
+        )
     if cpu.nmi_blocked:
         state |= Interruptibility.BLOCKING_BY_NMI
     v[F.GUEST_INTERRUPTIBILITY_STATE] = state

@@ -319,8 +319,12 @@ def vmxon(state: VmxState, ctx: InstructionContext, mem: PhysMem, addr: int) -> 
     cr0_bad = (caps.cr0_fixed0 & ~ctx.cr0) | (ctx.cr0 & ~caps.cr0_fixed1)
     cr4_bad = (caps.cr4_fixed0 & ~ctx.cr4) | (ctx.cr4 & ~caps.cr4_fixed1)
     if cr0_bad or cr4_bad:
-        return fault(Vector.GP, 0, f"VMXON with CR0/CR4 not supported in VMX operation (CR0 bits {cr0_bad:#x}, "
-                                   f"CR4 bits {cr4_bad:#x}; see IA32_VMX_CR0/CR4_FIXED0/1)")
+        return fault(
+            Vector.GP,
+            0,
+            f"VMXON with CR0/CR4 not supported in VMX operation (CR0 bits {cr0_bad:#x}, "
+            f"CR4 bits {cr4_bad:#x}; see IA32_VMX_CR0/CR4_FIXED0/1)",
+        )
     fc = ctx.feature_control
     if not fc & FEATURE_CONTROL.LOCK:
         return fault(Vector.GP, 0, "VMXON with IA32_FEATURE_CONTROL not locked (bit 0)")
@@ -330,8 +334,10 @@ def vmxon(state: VmxState, ctx: InstructionContext, mem: PhysMem, addr: int) -> 
         return state.vmfail_invalid(f"VMXON region {addr:#x} not 4-KiB aligned or above 4 GiB")
     rev = mem.read(addr, 4)
     if rev & REVISION_ID_MASK != caps.revision_id or rev & SHADOW_VMCS_INDICATOR:
-        return state.vmfail_invalid(f"VMXON region revision {rev:#x} != VMCS revision identifier "
-                                    f"{caps.revision_id:#x} (IA32_VMX_BASIC bits 30:0)")
+        return state.vmfail_invalid(
+            f"VMXON region revision {rev:#x} != VMCS revision identifier "
+            f"{caps.revision_id:#x} (IA32_VMX_BASIC bits 30:0)"
+        )
     state.in_vmx_operation = True
     state.vmxon_pointer = addr
     state.current_vmcs_pointer = INVALID_VMCS_POINTER
@@ -356,8 +362,10 @@ def vmclear(state: VmxState, ctx: InstructionContext, mem: PhysMem, addr: int) -
     if bad is not None:
         return bad
     if not _valid_region_address(addr):
-        return state.vmfail(VmInstructionError.VMCLEAR_WITH_INVALID_PHYSICAL_ADDRESS,
-                            f"{addr:#x} not 4-KiB aligned or above 4 GiB")
+        return state.vmfail(
+            VmInstructionError.VMCLEAR_WITH_INVALID_PHYSICAL_ADDRESS,
+            f"{addr:#x} not 4-KiB aligned or above 4 GiB",
+        )
     if addr == state.vmxon_pointer:
         return state.vmfail(VmInstructionError.VMCLEAR_WITH_VMXON_POINTER, f"{addr:#x} is the VMXON region")
     vmcs = state.vmcss.setdefault(addr, Vmcs(addr))
@@ -373,15 +381,19 @@ def vmptrld(state: VmxState, ctx: InstructionContext, mem: PhysMem, addr: int) -
     if bad is not None:
         return bad
     if not _valid_region_address(addr):
-        return state.vmfail(VmInstructionError.VMPTRLD_WITH_INVALID_PHYSICAL_ADDRESS,
-                            f"{addr:#x} not 4-KiB aligned or above 4 GiB")
+        return state.vmfail(
+            VmInstructionError.VMPTRLD_WITH_INVALID_PHYSICAL_ADDRESS,
+            f"{addr:#x} not 4-KiB aligned or above 4 GiB",
+        )
     if addr == state.vmxon_pointer:
         return state.vmfail(VmInstructionError.VMPTRLD_WITH_VMXON_POINTER, f"{addr:#x} is the VMXON region")
     rev = mem.read(addr, 4)
     # bit 31 = 1 marks a shadow VMCS, allowed only with "VMCS shadowing", which this model lacks
     if rev & REVISION_ID_MASK != state.caps.revision_id or rev & SHADOW_VMCS_INDICATOR:
-        return state.vmfail(VmInstructionError.VMPTRLD_WITH_INCORRECT_VMCS_REVISION_IDENTIFIER,
-                            f"region {addr:#x} has revision {rev:#x}, expected {state.caps.revision_id:#x}")
+        return state.vmfail(
+            VmInstructionError.VMPTRLD_WITH_INCORRECT_VMCS_REVISION_IDENTIFIER,
+            f"region {addr:#x} has revision {rev:#x}, expected {state.caps.revision_id:#x}",
+        )
     state.vmcss.setdefault(addr, Vmcs(addr))
     state.current_vmcs_pointer = addr
     return succeed()
@@ -408,8 +420,10 @@ def vmread(state: VmxState, ctx: InstructionContext, encoding: int, operand_bits
         return state.vmfail_invalid("VMREAD without a current VMCS")
     value = vmcs.read_component(encoding)
     if value is None:
-        return state.vmfail(VmInstructionError.VMREAD_VMWRITE_UNSUPPORTED_VMCS_COMPONENT,
-                            f"no VMCS component with encoding {encoding:#x}")
+        return state.vmfail(
+            VmInstructionError.VMREAD_VMWRITE_UNSUPPORTED_VMCS_COMPONENT,
+            f"no VMCS component with encoding {encoding:#x}",
+        )
     return succeed(value & ((1 << operand_bits) - 1))
 
 
@@ -423,7 +437,11 @@ def vmwrite(state: VmxState, ctx: InstructionContext, encoding: int, value: int)
         return state.vmfail_invalid("VMWRITE without a current VMCS")
     error = vmcs.write_component(encoding, value)
     if error is not None:
-        what = "unsupported" if error == VmInstructionError.VMREAD_VMWRITE_UNSUPPORTED_VMCS_COMPONENT else "read-only"
+        what = (
+            "unsupported"
+            if error == VmInstructionError.VMREAD_VMWRITE_UNSUPPORTED_VMCS_COMPONENT
+            else "read-only"
+        )
         return state.vmfail(error, f"{name_of(encoding)} ({encoding:#x}) is {what}")
     return succeed()
 
@@ -439,13 +457,18 @@ def vmlaunch_vmresume_checks(state: VmxState, ctx: InstructionContext, launch: b
     if vmcs is None:
         return state.vmfail_invalid(f"{name} without a current VMCS")
     if ctx.blocked_by_mov_ss:
-        return state.vmfail(VmInstructionError.VM_ENTRY_WITH_EVENTS_BLOCKED_BY_MOV_SS, "events blocked by MOV SS")
+        return state.vmfail(
+            VmInstructionError.VM_ENTRY_WITH_EVENTS_BLOCKED_BY_MOV_SS, "events blocked by MOV SS"
+        )
     if launch and vmcs.launch_state is not LaunchState.CLEAR:
-        return state.vmfail(VmInstructionError.VMLAUNCH_WITH_NON_CLEAR_VMCS,
-                            "the VMCS is launched: use VMRESUME, or VMCLEAR it first")
+        return state.vmfail(
+            VmInstructionError.VMLAUNCH_WITH_NON_CLEAR_VMCS,
+            "the VMCS is launched: use VMRESUME, or VMCLEAR it first",
+        )
     if not launch and vmcs.launch_state is not LaunchState.LAUNCHED:
-        return state.vmfail(VmInstructionError.VMRESUME_WITH_NON_LAUNCHED_VMCS,
-                            "the VMCS is clear: use VMLAUNCH first")
+        return state.vmfail(
+            VmInstructionError.VMRESUME_WITH_NON_LAUNCHED_VMCS, "the VMCS is clear: use VMLAUNCH first"
+        )
     return None
 
 
@@ -474,8 +497,10 @@ def invept(state: VmxState, ctx: InstructionContext, inv_type: int, eptp: int) -
     bad = _root_checks(state, ctx, "INVEPT")
     if bad is not None:
         return bad
-    supported_types = {InveptType.SINGLE_CONTEXT: EPT_VPID_CAP.INVEPT_SINGLE_CONTEXT,
-                       InveptType.ALL_CONTEXT: EPT_VPID_CAP.INVEPT_ALL_CONTEXT}
+    supported_types = {
+        InveptType.SINGLE_CONTEXT: EPT_VPID_CAP.INVEPT_SINGLE_CONTEXT,
+        InveptType.ALL_CONTEXT: EPT_VPID_CAP.INVEPT_ALL_CONTEXT,
+    }
     cap = supported_types.get(inv_type)  # type: ignore[call-overload]
     if cap is None or not state.caps.supports_ept(cap):
         return state.vmfail(VmInstructionError.INVALID_OPERAND_TO_INVEPT_INVVPID, f"INVEPT type {inv_type}")
@@ -494,20 +519,25 @@ def invvpid(state: VmxState, ctx: InstructionContext, inv_type: int, vpid: int, 
     bad = _root_checks(state, ctx, "INVVPID")
     if bad is not None:
         return bad
-    supported_types = {InvvpidType.INDIVIDUAL_ADDRESS: EPT_VPID_CAP.INVVPID_INDIVIDUAL_ADDRESS,
-                       InvvpidType.SINGLE_CONTEXT: EPT_VPID_CAP.INVVPID_SINGLE_CONTEXT,
-                       InvvpidType.ALL_CONTEXT: EPT_VPID_CAP.INVVPID_ALL_CONTEXT,
-                       InvvpidType.SINGLE_CONTEXT_RETAINING_GLOBALS:
-                           EPT_VPID_CAP.INVVPID_SINGLE_CONTEXT_RETAINING_GLOBALS}
+    supported_types = {
+        InvvpidType.INDIVIDUAL_ADDRESS: EPT_VPID_CAP.INVVPID_INDIVIDUAL_ADDRESS,
+        InvvpidType.SINGLE_CONTEXT: EPT_VPID_CAP.INVVPID_SINGLE_CONTEXT,
+        InvvpidType.ALL_CONTEXT: EPT_VPID_CAP.INVVPID_ALL_CONTEXT,
+        InvvpidType.SINGLE_CONTEXT_RETAINING_GLOBALS: EPT_VPID_CAP.INVVPID_SINGLE_CONTEXT_RETAINING_GLOBALS,
+    }
     cap = supported_types.get(inv_type)  # type: ignore[call-overload]
     if cap is None or not state.caps.supports_ept(cap):
         return state.vmfail(VmInstructionError.INVALID_OPERAND_TO_INVEPT_INVVPID, f"INVVPID type {inv_type}")
     if vpid >> 16:
-        return state.vmfail(VmInstructionError.INVALID_OPERAND_TO_INVEPT_INVVPID, "INVVPID descriptor bits 63:16")
+        return state.vmfail(
+            VmInstructionError.INVALID_OPERAND_TO_INVEPT_INVVPID, "INVVPID descriptor bits 63:16"
+        )
     if inv_type != InvvpidType.ALL_CONTEXT and vpid == 0:
         return state.vmfail(VmInstructionError.INVALID_OPERAND_TO_INVEPT_INVVPID, "INVVPID with VPID 0")
     if inv_type == InvvpidType.INDIVIDUAL_ADDRESS and linear >> 32:
-        return state.vmfail(VmInstructionError.INVALID_OPERAND_TO_INVEPT_INVVPID, "non-canonical linear address")
+        return state.vmfail(
+            VmInstructionError.INVALID_OPERAND_TO_INVEPT_INVVPID, "non-canonical linear address"
+        )
     return succeed()
 
 
@@ -527,6 +557,27 @@ def write_abort_indicator(mem: PhysMem, vmcs: Vmcs, indicator: int) -> None:
     mem.write(vmcs.address + VMX_ABORT_INDICATOR_OFFSET, 4, indicator)
 
 
-__all__ = ["VmcsField", "FieldWidth", "FieldType", "field_width", "Vmcs", "VmxState", "VmxResult", "VmxStatus",
-           "VmInstructionError", "LaunchState", "InstructionContext", "VmxInstructionFailed", "vmxon", "vmxoff",
-           "vmclear", "vmptrld", "vmptrst", "vmread", "vmwrite", "vmlaunch_vmresume_checks", "invept", "invvpid"]
+__all__ = [
+    "VmcsField",
+    "FieldWidth",
+    "FieldType",
+    "field_width",
+    "Vmcs",
+    "VmxState",
+    "VmxResult",
+    "VmxStatus",
+    "VmInstructionError",
+    "LaunchState",
+    "InstructionContext",
+    "VmxInstructionFailed",
+    "vmxon",
+    "vmxoff",
+    "vmclear",
+    "vmptrld",
+    "vmptrst",
+    "vmread",
+    "vmwrite",
+    "vmlaunch_vmresume_checks",
+    "invept",
+    "invvpid",
+]

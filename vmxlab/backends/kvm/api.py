@@ -67,8 +67,8 @@ def open_device(path: str = DEVICE) -> int:
     try:
         return os.open(path, os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise KvmUnavailable(f"{path}: no such device — KVM is not available on this machine "
-                             "(no kvm module, or a VM without nested virtualization); use --backend emu") from None
+        raise KvmUnavailable(f"{path}: no such device — KVM is not available on this machine (no kvm "
+                             "module, or a VM without nested virtualization); use --backend emu") from None
     except PermissionError:
         raise KvmUnavailable(f"{path}: permission denied — add yourself to the kvm group "
                              "(sudo usermod -aG kvm $USER, then log in again) or use --backend emu") from None
@@ -114,7 +114,8 @@ class Kvm:
         """Raise :class:`KvmUnavailable` naming the first missing capability."""
         for cap in caps:
             if not self.check_extension(cap):
-                raise KvmUnavailable(f"{DEVICE}: the kernel lacks KVM_CAP_{k.Cap(cap).name}; use --backend emu")
+                raise KvmUnavailable(f"{DEVICE}: the kernel lacks KVM_CAP_{k.Cap(cap).name}; "
+                                     "use --backend emu")
 
     @property
     def vcpu_mmap_size(self) -> int:
@@ -171,7 +172,8 @@ class MemorySlot:
     def write(self, gpa: int, data: bytes) -> None:
         off = gpa - self.gpa
         if off < 0 or off + len(data) > self.size:
-            raise ValueError(f"{gpa:#x}+{len(data)} outside slot {self.slot} [{self.gpa:#x}, +{self.size:#x})")
+            raise ValueError(f"{gpa:#x}+{len(data)} outside slot {self.slot} "
+                             f"[{self.gpa:#x}, +{self.size:#x})")
         self.mem[off : off + len(data)] = data
 
     def read(self, gpa: int, n: int) -> bytes:
@@ -219,7 +221,8 @@ class KvmVm:
 
     # -- memory ------------------------------------------------------------------------------
 
-    def add_memory(self, gpa: int, size: int, slot: int | None = None, *, readonly: bool = False) -> MemorySlot:
+    def add_memory(self, gpa: int, size: int, slot: int | None = None, *,
+                   readonly: bool = False) -> MemorySlot:
         """Map ``size`` bytes of fresh anonymous memory at guest-physical ``gpa`` (api.rst 4.35).
 
         Both must be page-aligned (KVM checks that too, with EINVAL).
@@ -228,7 +231,8 @@ class KvmVm:
             raise ValueError(f"memory slot {gpa:#x}+{size:#x}: address and size must be page-aligned")
         if slot is None:
             slot = max(self.slots, default=-1) + 1
-        mem = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0))
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
+        mem = mmap.mmap(-1, size, flags=flags)
         pin = ctypes.c_char.from_buffer(mem)  # an export: the mapping cannot move or close under KVM
         region = s.KvmUserspaceMemoryRegion(slot=slot, flags=k.KVM_MEM_READONLY if readonly else 0,
                                             guest_phys_addr=gpa, memory_size=size,
@@ -274,10 +278,8 @@ class KvmVm:
         if slot in self._borrowed:
             self._borrowed.discard(slot)
             return
-        try:
+        with contextlib.suppress(BufferError):
             ms.mem.close()
-        except BufferError:
-            pass
 
     def slot_for(self, gpa: int, n: int = 1) -> MemorySlot:
         for ms in self.slots.values():
@@ -332,7 +334,8 @@ class KvmVm:
         """
         if len(ranges) > s.KVM_MSR_FILTER_MAX_RANGES:
             raise ValueError(f"at most {s.KVM_MSR_FILTER_MAX_RANGES} MSR filter ranges")
-        f = s.KvmMsrFilter(flags=k.KVM_MSR_FILTER_DEFAULT_ALLOW if default_allow else k.KVM_MSR_FILTER_DEFAULT_DENY)
+        default = k.KVM_MSR_FILTER_DEFAULT_ALLOW if default_allow else k.KVM_MSR_FILTER_DEFAULT_DENY
+        f = s.KvmMsrFilter(flags=default)
         bitmaps = []
         for i, (rflags, base, bitmap) in enumerate(ranges):
             buf = (ctypes.c_uint8 * len(bitmap)).from_buffer_copy(bitmap)
@@ -395,10 +398,8 @@ class KvmVcpu:
         if self.fd >= 0:
             self._sync = None
             del self.kvm_run
-            try:
+            with contextlib.suppress(BufferError):
                 self.run_map.close()
-            except BufferError:
-                pass
             os.close(self.fd)
             self.fd = -1
 
@@ -487,6 +488,12 @@ class KvmVcpu:
         buf.nent = max_entries
         _ioctl(self.fd, k.KVM_GET_CPUID2, buf)
         return [_copy(buf.entries[i]) for i in range(buf.nent)]
+
+    def get_mp_state(self) -> int:
+        """KVM_GET_MP_STATE (api.rst 4.38): RUNNABLE, HALTED, ... (needs the in-kernel irqchip)."""
+        st = ctypes.c_uint32()
+        _ioctl(self.fd, k.KVM_GET_MP_STATE, st)
+        return st.value
 
     def get_vcpu_events(self) -> s.KvmVcpuEvents:
         ev = s.KvmVcpuEvents()

@@ -16,7 +16,7 @@ from .constants import Cap
 REQUIRED_CAPS = (Cap.USER_MEMORY, Cap.SET_TSS_ADDR, Cap.EXT_CPUID, Cap.IMMEDIATE_EXIT)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def kvm_usable(path: str = DEVICE) -> tuple[bool, str]:
     """(True, description) if a VM with one vCPU can be created, else (False, why-and-what-to-do)."""
     try:

@@ -91,6 +91,7 @@ KVM_SET_LAPIC = _iow(0x8F, sizeof(s.KvmLapicState))
 KVM_SET_CPUID2 = _iow(0x90, sizeof(s.KvmCpuid2))
 KVM_GET_CPUID2 = _iowr(0x91, sizeof(s.KvmCpuid2))
 KVM_SET_GUEST_DEBUG = _iow(0x9B, sizeof(s.KvmGuestDebug))
+KVM_GET_MP_STATE = _ior(0x98, 4)  # struct kvm_mp_state { __u32 mp_state; }
 KVM_GET_VCPU_EVENTS = _ior(0x9F, sizeof(s.KvmVcpuEvents))
 KVM_SET_VCPU_EVENTS = _iow(0xA0, sizeof(s.KvmVcpuEvents))
 
@@ -121,7 +122,7 @@ class Cap(enum.IntEnum):
     SET_IDENTITY_MAP_ADDR = 37
     VCPU_EVENTS = 41
     INTERNAL_ERROR_DATA = 40
-    READONLY_MEM = 31
+    READONLY_MEM = 81
     SYNC_REGS = 74
     MAX_VCPUS = 66
     SPLIT_IRQCHIP = 121
@@ -206,6 +207,13 @@ KVM_MEM_READONLY = 1 << 1
 KVM_SYNC_X86_REGS = 1 << 0
 KVM_SYNC_X86_SREGS = 1 << 1
 KVM_SYNC_X86_EVENTS = 1 << 2
+
+# struct kvm_mp_state (api.rst 4.38 KVM_GET_MP_STATE)
+KVM_MP_STATE_RUNNABLE = 0
+KVM_MP_STATE_UNINITIALIZED = 1
+KVM_MP_STATE_INIT_RECEIVED = 2
+KVM_MP_STATE_HALTED = 3
+KVM_MP_STATE_SIPI_RECEIVED = 4
 
 # kvm_vcpu_events.flags (which optional fields are valid on SET)
 KVM_VCPUEVENT_VALID_NMI_PENDING = 0x00000001

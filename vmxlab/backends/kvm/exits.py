@@ -167,12 +167,16 @@ class ExitTranslator:
 
     # ------------------------------------------------------------------ by exit
 
-    def io(self, direction_in: bool, size: int, port: int, count: int, rip: int, rsp: int, cs_base: int,
-           bitness: int, cpl: int) -> VmExit:
-        key = (2, direction_in, size, port, count > 1, rip, rsp, cs_base, bitness)
+    def io(self, direction_in: bool, size: int, port: int, count: int, rip: int, rsp: int, cs: tuple,
+           mode: Callable[[], tuple[int, int]]) -> VmExit:
+        """``cs`` is the raw ``kvm_segment`` tuple of CS (base first); ``mode()`` gives (bitness,
+        CPL) and is called only when the exit is not in the cache."""
+        key = (2, direction_in, size, port, count > 1, rip, rsp, cs)
         ex = self.cache.get(key)
         if ex is not None:
             return ex
+        cs_base = cs[0]
+        bitness, cpl = mode()
         string = count > 1
         rep = string
         immediate = False
@@ -189,11 +193,14 @@ class ExitTranslator:
         q = IoQualification(size, direction_in, string, rep, immediate, port)
         return self._remember(key, self._make(ExitReason.IO_INSTRUCTION, q.encode(), q, insn_rip, rsp, length))
 
-    def mmio(self, gpa: int, is_write: bool, rip: int, rsp: int, cs_base: int, bitness: int) -> VmExit:
-        key = (6, gpa, is_write, rip, rsp, cs_base, bitness)
+    def mmio(self, gpa: int, is_write: bool, rip: int, rsp: int, cs: tuple,
+             mode: Callable[[], tuple[int, int]]) -> VmExit:
+        key = (6, gpa, is_write, rip, rsp, cs)
         ex = self.cache.get(key)
         if ex is not None:
             return ex
+        cs_base = cs[0]
+        bitness, _cpl = mode()
         # the emulator finishes a store before exiting and replays a load afterwards (module doc)
         found = self.locate(rip, cs_base, bitness, _memory_match, is_write)
         insn_rip, length = (found[0], found[1].len) if found is not None else (rip, 0)

@@ -214,7 +214,7 @@ def rmw(ins: Instruction, i: int) -> tuple[Callable[[CPU], tuple[int, int]], Cal
 
     def load(c: CPU) -> tuple[int, int]:
         la = c.linear(sreg, ea(c.regs), size, True)
-        return la, c.lread(la, size)
+        return la, c.lread_rmw(la, size)  # write intent: a #PF here has W = 1, as on hardware
 
     def store(c: CPU, la: int, v: int) -> None:
         c.lwrite(la, size, v)

@@ -28,8 +28,18 @@ if TYPE_CHECKING:
 
 # Basic exit reasons of the VMX instructions (SDM Vol.3C Appendix C)
 EXIT_REASON = {
-    "VMCALL": 18, "VMCLEAR": 19, "VMLAUNCH": 20, "VMPTRLD": 21, "VMPTRST": 22, "VMREAD": 23, "VMRESUME": 24,
-    "VMWRITE": 25, "VMXOFF": 26, "VMXON": 27, "INVEPT": 50, "INVVPID": 53,
+    "VMCALL": 18,
+    "VMCLEAR": 19,
+    "VMLAUNCH": 20,
+    "VMPTRLD": 21,
+    "VMPTRST": 22,
+    "VMREAD": 23,
+    "VMRESUME": 24,
+    "VMWRITE": 25,
+    "VMXOFF": 26,
+    "VMXON": 27,
+    "INVEPT": 50,
+    "INVVPID": 53,
 }
 
 
