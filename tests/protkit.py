@@ -255,7 +255,8 @@ def check_results(checks: list[Check], engine: str, *, paging: bool = False, bat
         out: dict[str, str] = {}
         for i in range(0, len(checks), batch):
             chunk = checks[i:i + batch]
-            for chk, got in zip(chunk, run_cases([c.case for c in chunk], engine, paging=paging, extra=extra)):
+            got_all = run_cases([c.case for c in chunk], engine, paging=paging, extra=extra)
+            for chk, got in zip(chunk, got_all):
                 out[chk.name] = got
         _CHECK_RESULTS[key] = out
     return _CHECK_RESULTS[key]

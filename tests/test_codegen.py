@@ -152,7 +152,6 @@ def test_fault_flags_are_those_before_the_instruction() -> None:
     """
     fast, interp = both(body)
     assert state(fast) == state(interp)
-    ram = fast.machine.memory.ram
     # the frame is EIP, CS, EFLAGS: the handler stored EIP at 0x8018 and CS at 0x801C; EFLAGS is
     # still on the stack -- read it from the handler's view of the stack instead
     flags_in_frame = _stack_word(fast, 2)

@@ -1,15 +1,24 @@
 """The software CPU against the real CPU: the same programs at CPL 3, compared register by register.
 
-Programs run natively on the host CPU through /dev/kvm (vmxlab/diff/kvm_target.py explains why
-as 64-bit code with 32-bit operand and address size on the PVM hosts) and on vmxlab's software
-CPU in 32-bit protected mode; registers, EFLAGS, two data pages and faults (vector, error code,
-faulting instruction, CR2) must agree.
+Programs run on vmxlab's software CPU in 32-bit protected mode and on the host CPU, natively at
+CPL 3, through two targets:
+
+* ``kvm``: through /dev/kvm, as 64-bit code with 32-bit operand and address size -- on the PVM
+  hosts only 64-bit ring-3 code runs natively (vmxlab/diff/kvm_target.py);
+* ``native32``: as real 32-bit code in compatibility mode in a worker process, for the forms that
+  do not exist in 64-bit mode (BCD, 32-bit PUSH/POP, ...; vmxlab/diff/native_target.py).
+
+Registers, EFLAGS, two data pages and faults (vector, error code, faulting instruction, CR2) must
+agree.
 
 * ``test_random_programs``: hypothesis-generated programs over every integer instruction form the
-  software CPU implements (gen.catalogue reads ``vmxlab.cpu.ops.FACTORIES``).
-  ``VMXLAB_DIFF_EXAMPLES`` (default 10,000) programs, stopped early if ``VMXLAB_DIFF_BUDGET``
-  seconds (default 150) run out.
-* ``test_edge_cases``: the hand-written boundaries of vmxlab/diff/cases.py, one test per group.
+  software CPU implements that the KVM target can run (gen.catalogue reads
+  ``vmxlab.cpu.ops.FACTORIES``).  ``VMXLAB_DIFF_EXAMPLES`` (default 10,000) programs, stopped
+  early if ``VMXLAB_DIFF_BUDGET`` seconds (default 150) run out.
+* ``test_random_programs_native32``: the same over *all* implemented forms on the native32 target
+  (``VMXLAB_DIFF_NATIVE_EXAMPLES``, default 3,000).
+* ``test_edge_cases``: the hand-written boundaries of vmxlab/diff/cases.py, one test per group, on
+  the KVM target where the instructions exist in 64-bit mode and on the native32 target.
 
 Divergences already reported to the owner of the code concerned (vmxlab/diff/known.py) are
 counted, not failed on, unless ``VMXLAB_DIFF_STRICT=1``.  The terminal summary says whether the
@@ -34,6 +43,7 @@ from vmxlab.diff.known import KNOWN, classify
 from vmxlab.diff.program import Program
 
 EXAMPLES = int(os.environ.get("VMXLAB_DIFF_EXAMPLES", "10000"))
+NATIVE_EXAMPLES = int(os.environ.get("VMXLAB_DIFF_NATIVE_EXAMPLES", "3000"))
 BUDGET_S = float(os.environ.get("VMXLAB_DIFF_BUDGET", "150"))
 STRICT = os.environ.get("VMXLAB_DIFF_STRICT") == "1"
 
@@ -47,6 +57,9 @@ class Stats:
         self.reason_not_run: str | None = None
         self.random = 0
         self.random_seconds = 0.0
+        self.native_not_run: str | None = None
+        self.native_random = 0
+        self.native_cases = 0
         self.over_budget = 0
         self.cases = 0
         self.known: collections.Counter[str] = collections.Counter()
@@ -60,6 +73,11 @@ class Stats:
         where = f"/dev/kvm{', PVM' if is_pvm() else ''}, 64-bit ring 3"
         out = [f"differential test against the real CPU ({where}) RAN: {self.random} random programs "
                f"({rate:.0f}/s), {self.cases} hand-written cases"]
+        if self.native_not_run:
+            out.append(f"  native32 (32-bit code in compatibility mode) did NOT run: {self.native_not_run}")
+        else:
+            out.append(f"  native32 (32-bit code in compatibility mode): {self.native_random} random programs, "
+                       f"{self.native_cases} hand-written cases")
         if self.over_budget:
             out.append(f"  time budget of {BUDGET_S:.0f} s reached: {self.over_budget} examples not compared")
         owners = {kn.key: kn.owner for kn in KNOWN}
@@ -67,7 +85,7 @@ class Stats:
             out.append(f"  known divergence {key} ({owners[key]}): {n} programs; e.g.")
             out.extend("    " + line for line in self.known_example[key].splitlines())
         if self.unrunnable:
-            out.append("  not comparable on this host (invalid or different in 64-bit mode): "
+            out.append("  not compared on this host (invalid or different in 64-bit mode, and no native32): "
                        + " ".join(sorted(self.unrunnable)))
         return out
 
@@ -99,19 +117,34 @@ def targets(request: pytest.FixtureRequest) -> Iterator[tuple]:
     hw.close()
 
 
-def _check(targets: tuple, program: Program) -> None:
+@pytest.fixture(scope="module")
+def native(targets: tuple) -> Iterator[object | None]:
+    """The native32 target, or None where 32-bit user code cannot run (the reason goes to the summary)."""
+    from vmxlab.diff.native_target import Native32Target, NativeUnavailable
+
+    try:
+        target = Native32Target()
+    except (NativeUnavailable, OSError) as e:
+        STATS.native_not_run = str(e)
+        yield None
+        return
+    yield target
+    target.close()
+
+
+def _check(hw_target: object, sw_target: object, program: Program) -> None:
     """Run ``program`` on both targets; fail with a full report on any unknown difference."""
-    hw_target, sw_target = targets
-    hw = hw_target.run(program)
-    sw = sw_target.run(program)
-    diffs = compare(program, hw, sw)
+    hw = hw_target.run(program)  # type: ignore[attr-defined]
+    sw = sw_target.run(program)  # type: ignore[attr-defined]
+    diffs = compare(program, hw, sw, supervisor_absent=getattr(hw_target, "supervisor_absent", False))
     if diffs and not STRICT:
         known = classify(program, hw, sw, diffs)
         if known is not None:
             STATS.known[known.key] += 1
             STATS.known_example.setdefault(known.key, report(program, hw, sw, diffs))
             return
-    assert not diffs, "software CPU differs from the hardware:\n" + report(program, hw, sw, diffs)
+    where = getattr(hw_target, "name", "hardware")
+    assert not diffs, f"software CPU differs from the hardware ({where} target):\n" + report(program, hw, sw, diffs)
 
 
 TEMPLATES = gen.kvm_templates()
@@ -135,37 +168,65 @@ def test_random_programs(targets: tuple, data: st.DataObject) -> None:
         program.encode(64)
     except ValueError:
         reject()  # a loop target out of rel8 range: iced would expand the branch
-    _check(targets, program)
+    _check(*targets, program)
     STATS.random += 1
     STATS.random_seconds += time.perf_counter() - t0
 
 
+ALL_TEMPLATES = gen.catalogue()
+
+
+@settings(max_examples=NATIVE_EXAMPLES, deadline=None, print_blob=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                 HealthCheck.filter_too_much])
+@given(data=st.data())
+def test_random_programs_native32(targets: tuple, native: object | None, data: st.DataObject) -> None:
+    if native is None:
+        pytest.skip(f"native32 target unavailable: {STATS.native_not_run}")
+    if _DEADLINE and time.monotonic() > _DEADLINE[0]:
+        STATS.over_budget += 1
+        return
+    program = gen.program(gen.HypothesisChooser(data), ALL_TEMPLATES)
+    try:
+        program.encode(32)
+    except ValueError:
+        reject()
+    _check(native, targets[1], program)
+    STATS.native_random += 1
+
+
 _KVM_CODES = {t.code for t in TEMPLATES}
-_IMPLEMENTED = {t.code for t in gen.catalogue()}
+_IMPLEMENTED = {t.code for t in ALL_TEMPLATES}
 
 
 @pytest.mark.parametrize("group", list(cases.GROUPS))
-def test_edge_cases(targets: tuple, group: str) -> None:
-    """Every case of ``group``; failures are collected so one run shows all of them."""
+def test_edge_cases(targets: tuple, native: object | None, group: str) -> None:
+    """Every case of ``group`` on each hardware target that can run it; failures are collected so one
+    run shows all of them."""
+    hw_kvm, sw = targets
     failures = []
     ran = 0
     for program in cases.GROUPS[group]():
         codes = {insn.code for insn in program.insns}
         if not codes <= _IMPLEMENTED:
             continue  # the software CPU does not implement it yet: nothing to compare
-        if not codes <= _KVM_CODES:
+        hws = [t for t in (hw_kvm if codes <= _KVM_CODES else None, native) if t is not None]
+        if not hws:
             STATS.unrunnable.update(insn.code.split("_")[0] for insn in program.insns)
             continue
         ran += 1
-        try:
-            _check(targets, program)
-        except AssertionError as e:
-            failures.append(str(e))
-    STATS.cases += ran
+        for hw in hws:
+            try:
+                _check(hw, sw, program)
+            except AssertionError as e:
+                failures.append(str(e))
+        STATS.cases += hw_kvm in hws
+        STATS.native_cases += native in hws
     if ran == 0:
         pytest.skip(f"{group}: no case can run on this host (the instructions are invalid in 64-bit mode, "
-                    "and 32-bit ring-3 code runs in KVM's emulator on PVM; see vmxlab/diff/kvm_target.py)")
-    assert not failures, f"{len(failures)} of {ran} {group} cases differ:\n" + "\n".join(failures[:20])
+                    "32-bit ring-3 code runs in KVM's emulator on PVM, and the native32 target is "
+                    f"unavailable: {STATS.native_not_run})")
+    assert not failures, f"{len(failures)} {group} comparisons differ:\n" + "\n".join(failures[:20])
 
 
 def test_harness_detects_a_wrong_flag(targets: tuple, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -74,7 +74,8 @@ task_df:                            ; the #DF task: EAX = error code, EBX = TR, 
         str ebx
         movzx ecx, word [tss_b]
         int 0x30
-isr_timer:                          ; EAX = saved CS, EBX = saved EIP - instruction, ECX = saved IF, EDX = IF now
+isr_timer:                          ; EAX = saved CS, EBX = saved EIP - instruction,
+                                    ; ECX = saved IF, EDX = IF now
         mov eax, [esp + 4]
         mov ebx, [esp]
         sub ebx, [cur_insn]

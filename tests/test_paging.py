@@ -65,7 +65,8 @@ CHECKS = [
         "4.7: a read-modify-write instruction loads with write intent: W = 1 already at the load",
         setup=page(0), insn="add [0x300000], eax"),
     chk("rmw-on-read-only-page-faults-as-write", "#PF(0x7) cr2=0x300000",
-        "4.6.1 / 4.7: the load of ADD [m], r checks write access", setup=page(P | US), insn="add [0x300000], eax"),
+        "4.6.1 / 4.7: the load of ADD [m], r checks write access", setup=page(P | US),
+        insn="add [0x300000], eax"),
     chk("accessed-bit-on-read", "ok ebx=0x20", "4.8: a read sets A in the PTE, not D",
         setup=page(P | RW | US), insn="mov eax, [0x300000]\nmov ebx, [0xDEC00]\nand ebx, 0x60", report="ebx"),
     chk("dirty-bit-on-write", "ok ebx=0x60", "4.8: a write sets A and D in the PTE",
@@ -84,16 +85,19 @@ CHECKS = [
     chk("invlpg-drops-the-whole-4mib-page", "ok eax=0xbbbb0000",
         "4.10.4.1: INVLPG invalidates the translation of the whole page containing the address -- for a "
         "4 MiB page every 4 KiB of it", cpl=0, cr4=0x10,
-        setup=f"{MARKERS}\nmov dword [0xDD004], 0x400000 | {P | RW | PS}\ninvlpg [0x710000]\ninvlpg [0x711000]\n"
-              f"mov eax, [0x710000]\nmov eax, [0x711000]\nmov dword [0xDD004], 0x000000 | {P | RW | PS}",
+        setup=f"{MARKERS}\nmov dword [0xDD004], 0x400000 | {P | RW | PS}\n"
+              "invlpg [0x710000]\ninvlpg [0x711000]\nmov eax, [0x710000]\nmov eax, [0x711000]\n"
+              f"mov dword [0xDD004], 0x000000 | {P | RW | PS}",
         insn="invlpg [0x710000]\nmov eax, [0x711000]", report="eax"),
     chk("global-page-survives-cr3-reload", "ok eax=0xaaaa0000",
         "4.10.2.4 / 4.10.4.1: with CR4.PGE, MOV to CR3 keeps global translations", cpl=0, cr4=0x80,
-        setup=page(P | RW | G) + "\nmov eax, [0x300000]\nmov dword [0xDEC00], 0x311000 | 0x103\nmov eax, cr3\nmov cr3, eax",
+        setup=page(P | RW | G) + "\nmov eax, [0x300000]\nmov dword [0xDEC00], 0x311000 | 0x103\n"
+                                 "mov eax, cr3\nmov cr3, eax",
         insn="mov eax, [0x300000]", report="eax"),
     chk("non-global-page-flushed-by-cr3-reload", "ok eax=0xbbbb0000",
         "4.10.4.1: MOV to CR3 invalidates non-global translations", cpl=0, cr4=0x80,
-        setup=page(P | RW) + "\nmov eax, [0x300000]\nmov dword [0xDEC00], 0x311000 | 3\nmov eax, cr3\nmov cr3, eax",
+        setup=page(P | RW) + "\nmov eax, [0x300000]\nmov dword [0xDEC00], 0x311000 | 3\n"
+                             "mov eax, cr3\nmov cr3, eax",
         insn="mov eax, [0x300000]", report="eax"),
     chk("invlpg-drops-a-global-page", "ok eax=0xbbbb0000",
         "4.10.4.1: INVLPG invalidates global translations too", cpl=0, cr4=0x80,

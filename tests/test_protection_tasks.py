@@ -32,7 +32,8 @@ CHECKS = [
         "cleared, the caller's registers come back from its TSS)",
         setup="TASK tss_b, task_return, 0x08, 0x10, 0xDA000, 0x2",
         body="mov edx, 0x1234",
-        insn="call 0x58:0\nstr eax\nmov ebx, 0x58\nlar ebx, ebx\nand ebx, 0xF00\npushfd\npop ecx\nand ecx, 0x4000",
+        insn="call 0x58:0\nstr eax\nmov ebx, 0x58\nlar ebx, ebx\nand ebx, 0xF00\n"
+             "pushfd\npop ecx\nand ecx, 0x4000",
         report="eax ebx ecx edx"),
     chk("jmp-to-busy-tss", "#GP(0x48)", "Vol.2 JMP: #GP(TSS selector) if the TSS is busy",
         insn="jmp 0x48:0"),
@@ -105,3 +106,55 @@ for c in CHECKS:
 def test_task_switch(check: Check, engine: str) -> None:
     got = check_results(CHECKS, engine, extra=EXTRA)[check.name]
     assert got == check.expect, f"{check.name}: expected {check.expect}, got {got} (SDM Vol.3A {check.sdm})"
+
+
+def test_jmp_to_16_bit_tss(engine: str) -> None:
+    """A 16-bit TSS (type 1, SDM Vol.3A 7.6 Figure 7-10): IP, FLAGS, the word registers, ES CS SS DS and
+    the LDT come from it; FS/GS become null; the upper halves of the general registers are modified
+    (FFFFH in this model, as Bochs); the old 32-bit task saves its state and loses its busy bit."""
+    from vmxlab.guestkit import run_snippet
+
+    r = run_snippet("""
+        ; GDT at 0x2000: code 0x08, data 0x10, code 0x18 (base 0x100000, 64 KiB, for the 16-bit task's
+        ; IP), 32-bit TSS 0x20 at 0x3000, 16-bit TSS 0x28 at 0x3100 (limit 2BH)
+        mov dword [0x2008], 0x0000FFFF
+        mov dword [0x200C], 0x00CF9A00
+        mov dword [0x2010], 0x0000FFFF
+        mov dword [0x2014], 0x00CF9200
+        mov dword [0x2018], 0x0000FFFF
+        mov dword [0x201C], 0x00409A10
+        mov dword [0x2020], 0x30000067
+        mov dword [0x2024], 0x00008900
+        mov dword [0x2028], 0x3100002B
+        mov dword [0x202C], 0x00008100
+        mov word [0x2100], 0x2F
+        mov dword [0x2102], 0x2000
+        lgdt [0x2100]
+        jmp 0x08:.cs
+    .cs:
+        mov word [0x3100 + 0x0E], task16 - 0x100000   ; IP
+        mov word [0x3100 + 0x10], 0x0002              ; FLAGS
+        mov word [0x3100 + 0x12], 0x1234              ; AX
+        mov word [0x3100 + 0x1A], 0x7000              ; SP
+        mov word [0x3100 + 0x22], 0x10                ; ES
+        mov word [0x3100 + 0x24], 0x18                ; CS
+        mov word [0x3100 + 0x26], 0x10                ; SS
+        mov word [0x3100 + 0x28], 0x10                ; DS
+        mov ax, 0x20
+        ltr ax
+        mov ax, 0x10
+        mov fs, ax
+        jmp 0x28:0
+    after:
+        jmp __end
+    task16:
+        mov ebx, eax
+        mov ecx, fs
+        jmp __end
+    """, engine=engine)
+    cpu = r.backend.cpu
+    assert cpu.tr.selector == 0x28 and cpu.tr.ar & 0xF == 0x3          # busy 16-bit TSS
+    assert cpu.regs[3] == 0xFFFF1234                                   # EBX = the loaded AX
+    assert cpu.regs[1] == 0                                            # FS is null
+    assert r.machine.memory.read(0x2025, 1) == 0x89                    # the old TSS is available again
+    assert r.machine.memory.read(0x3000 + 0x4C, 2) == 0x08             # its saved CS

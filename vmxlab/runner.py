@@ -49,6 +49,9 @@ class RunOptions:
     trace_format: str = "jsonl"  # jsonl | chrome
     trace_kinds: list[str] | None = None
     show: bool = False
+    vmx: bool = False  # run as a guest in VMX non-root operation under the Python VMM
+    policy: str = "default"
+    exits: list[str] = field(default_factory=list)  # --exit NAME=on|off overrides
 
 
 @dataclass
@@ -105,7 +108,23 @@ class RunResult:
             d["final_state"] = self.backend.state_dict()
         if hasattr(self.backend, "exit_summary"):
             d["exits"] = self.backend.exit_summary()
+        vm = getattr(self.backend, "vm", None)
+        if vm is not None:
+            d["policy"] = vm.policy.summary()
+            d["vm_exits"] = vm.exit_counts()
+            d["final_state"] = vm.vcpu.get_regs()
         return d
+
+    def exit_table(self) -> str:
+        """VM exits by reason, one line each (the text summary of --vmx runs); "" without a VMM."""
+        vm = getattr(self.backend, "vm", None)
+        if vm is None:
+            return ""
+        rows = vm.exit_counts()
+        total = sum(r["count"] for r in rows)
+        lines = [f"VM exits: {total} (policy {vm.policy.summary()})"]
+        lines += [f"  {r['count']:>8}  {r['reason']:>3} {r['name']}" for r in rows]
+        return "\n".join(lines)
 
 
 def resolve_image(path: Path, defines: dict | None = None) -> bytes:
@@ -127,7 +146,13 @@ def build_machine(opts: RunOptions) -> Machine:
 
     if not 1 <= opts.mem_mib <= 3072:
         raise UserError(f"--mem {opts.mem_mib}: choose between 1 and 3072 MiB")
-    machine = Machine.create(opts.mem_mib, Console(echo=opts.echo), wall_clock=opts.wall_clock)
+    reserved = 0
+    if opts.vmx:
+        from .vmm.backend import RESERVED_MIB
+
+        reserved = RESERVED_MIB
+    machine = Machine.create(opts.mem_mib, Console(echo=opts.echo), wall_clock=opts.wall_clock,
+                             reserved_mib=reserved)
     attach_standard_devices(machine)
     return machine
 
@@ -162,6 +187,13 @@ def detect_format(data: bytes, opts: RunOptions) -> str:
 
 
 def make_backend(machine: Machine, opts: RunOptions):
+    if opts.vmx:
+        if opts.backend not in ("emu", "auto"):
+            raise UserError("--vmx runs the guest on the software CPU's VMX; use --backend emu")
+        from .vmm.backend import VmmBackend
+        from .vmm.policies import policy_from_options
+
+        return VmmBackend(machine, policy_from_options(opts.policy, opts.exits), engine=opts.engine)
     if opts.backend == "emu":
         from .backends.emu import EmuBackend
 

@@ -91,7 +91,7 @@ def boot(args: argparse.Namespace, echo: bool = True):
     machine = Machine.create(args.mem, console, wall_clock=True)
     attach_standard_devices(machine)
     lb = load_linux(machine, image, initrd=initrd, cmdline=cmdline, entry=args.entry)
-    vcpu = KvmGuestVcpu(machine, irqchip="kernel")
+    vcpu = KvmGuestVcpu(machine, irqchip="kernel", syscall_fixup=True)
     try:
         vcpu.set_lint_for_pic()
         for index, value in BOOT_MSRS.items():  # one by one: a host may refuse some (PVM: TSC writes)
@@ -125,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         "milestones": [{"name": m.name, "seconds": round(m.seconds, 1)} for m in console.reached],
         "vm_exits": dict(vmm.exit_counts), "kvm_exits": dict(vcpu.stats.kvm_exits),
         "emulated_by_vmxlab": dict(vcpu.fallback.counts) if vcpu.fallback else {},
+        "syscalls_completed_by_vmxlab": vcpu.syscalls.fixups if vcpu.syscalls is not None else 0,
         "entry": lb.entry_kind, "cmdline": lb.cmdline,
     }
     if args.json:
@@ -138,6 +139,9 @@ def run(args: argparse.Namespace) -> int:
         print(console.table(), file=sys.stderr)
         exits = ", ".join(f"{n} {c}" for n, c in sorted(vmm.exit_counts.items(), key=lambda kv: -kv[1]))
         print(f"vmxlab: VM exits: {exits}", file=sys.stderr)
+        if vcpu.syscalls is not None and vcpu.syscalls.fixups:
+            print(f"vmxlab: SYSCALLs from user mode completed by vmxlab (PVM host): {vcpu.syscalls.fixups}",
+                  file=sys.stderr)
         if vcpu.fallback and vcpu.fallback.counts:
             print("vmxlab: instructions KVM could not emulate, run by vmxlab: "
                   + ", ".join(f"{n} {c}" for n, c in vcpu.fallback.counts.most_common()), file=sys.stderr)

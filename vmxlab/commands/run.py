@@ -30,6 +30,12 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wall-clock", action="store_true", help="drive timers from host time, not instruction count")
     p.add_argument("--serial", choices=["none", "stdio"], default="none",
                    help="stdio: the host terminal becomes COM1's keyboard (raw mode; Ctrl-A x quits)")
+    p.add_argument("--vmx", action="store_true",
+                   help="run the image as a guest in VMX non-root operation under the Python VMM")
+    p.add_argument("--policy", default="default", choices=["minimal", "default", "paranoid"],
+                   help="exit policy for --vmx (which instructions and events exit)")
+    p.add_argument("--exit", dest="exits", action="append", default=[], metavar="CONTROL=on|off",
+                   help="override one exit control of the policy, e.g. --exit hlt=off, --exit descriptor-table=on")
     p.add_argument("--trace", type=Path, metavar="FILE", help="write every event to FILE")
     p.add_argument("--trace-format", default="jsonl", choices=["jsonl", "chrome"],
                    help="jsonl (one JSON object per line) or chrome (open in Perfetto / chrome://tracing)")
@@ -52,7 +58,8 @@ def options_from_args(args: argparse.Namespace, echo: bool = True) -> RunOptions
         mem_mib=args.mem, max_instructions=args.max_instructions, timeout=args.timeout,
         engine=args.engine, backend=args.backend, cmdline=args.cmdline, echo=echo,
         wall_clock=args.wall_clock, defines=defines,
-        serial_stdin=args.serial == "stdio", trace_path=args.trace, trace_format=args.trace_format,
+        serial_stdin=args.serial == "stdio", vmx=args.vmx, policy=args.policy, exits=args.exits,
+        trace_path=args.trace, trace_format=args.trace_format,
         trace_kinds=args.trace_kinds.split(",") if args.trace_kinds else None, show=args.show,
     )
 
@@ -74,4 +81,7 @@ def run(args: argparse.Namespace) -> int:
         if result.console and not result.console.endswith(b"\n"):
             print(file=sys.stderr)
         print(f"vmxlab: {result.summary()}", file=sys.stderr)
+        table = result.exit_table()
+        if table:
+            print(table, file=sys.stderr)
     return result.exit_status

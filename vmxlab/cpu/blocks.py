@@ -119,10 +119,8 @@ class BlockCache:
             for page in range(start >> 12, ((end - 1) >> 12) + 1):
                 lst = self.by_page.get(page)
                 if lst is not None:
-                    try:
+                    if blk in lst:
                         lst.remove(blk)
-                    except ValueError:
-                        pass
                     if not lst:
                         del self.by_page[page]
                         self.memory.code_pages.discard(page)

@@ -274,7 +274,7 @@ class BlockCompiler:
         la = self.t("la")
         if self.fast_seg(ins):
             self.emit(f"{la} = {off}")
-            self._read_la(la, size, dst)
+            self._read_la(la, size, dst, write_intent=for_write)
             return la
         if for_write:
             self.emit(f"{la} = cpu.linear({sreg}, {off}, {size}, True)")
@@ -283,14 +283,17 @@ class BlockCompiler:
         self.emit(f"{dst} = cpu.rd{size * 8}({sreg}, {off})")
         return None
 
-    def _read_la(self, la: str, size: int, dst: str) -> None:
+    def _read_la(self, la: str, size: int, dst: str, write_intent: bool = False) -> None:
+        """A load through the TLB.  The load of a read-modify-write probes the write TLB and misses to
+        ``lread_rmw``, which translates with write intent (#PF with W = 1, SDM Vol.3A 4.7)."""
         p = self.t("p")
-        self.emit(f"{p} = tlb_r.get({la} >> 12)")
+        tlb, slow = ("tlb_w", "cpu.lread_rmw") if write_intent else ("tlb_r", "cpu.lread_slow")
+        self.emit(f"{p} = {tlb}.get({la} >> 12)")
         if size == 1:
-            self.emit(f"{dst} = ram[{p} | ({la} & 4095)] if {p} is not None else cpu.lread_slow({la}, 1, user)")
+            self.emit(f"{dst} = ram[{p} | ({la} & 4095)] if {p} is not None else {slow}({la}, 1, user)")
         else:
             self.emit(f"{dst} = U{size * 8}(ram, {p} | ({la} & 4095))[0] if {p} is not None and "
-                      f"({la} & 4095) <= {4096 - size} else cpu.lread_slow({la}, {size}, user)")
+                      f"({la} & 4095) <= {4096 - size} else {slow}({la}, {size}, user)")
 
     def mem_write(self, ins: Instruction, size: int, value: str, la: str | None = None) -> None:
         if size not in (1, 2, 4):

@@ -428,8 +428,8 @@ class CPU:
             split = 0x1000 - off
             pa1 = self.translate(la, acc)
             pa2 = self.translate((la + split) & M32, acc)
-            return int.from_bytes(self.memory.read_bytes(pa1, split) + self.memory.read_bytes(pa2, size - split),
-                                  "little")
+            data = self.memory.read_bytes(pa1, split) + self.memory.read_bytes(pa2, size - split)
+            return int.from_bytes(data, "little")
         return self.memory.read(self.translate(la, acc), size)
 
     def lread_slow(self, la: int, size: int, user: bool) -> int:
@@ -586,7 +586,8 @@ class CPU:
     # ------------------------------------------------------------------ misc
 
     def load_real_segment(self, sreg: int, selector: int) -> None:
-        """A segment load in real mode: base = selector << 4, the rest of the cache kept (SDM Vol.3A 21.1.1)."""
+        """A segment load in real mode: base = selector << 4, the rest of the cache kept
+        (SDM Vol.3A 21.1.1)."""
         seg = self.segs[sreg]
         selector &= 0xFFFF
         seg.selector = selector

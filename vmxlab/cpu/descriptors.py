@@ -125,7 +125,8 @@ def table_limit_ok(cpu: CPU, selector: int) -> bool:
     return index + 7 <= cpu.gdtr_limit
 
 
-def read_descriptor(cpu: CPU, selector: int, error_code: int | None = None, vector: int = Vector.GP) -> Descriptor:
+def read_descriptor(cpu: CPU, selector: int, error_code: int | None = None,
+                    vector: int = Vector.GP) -> Descriptor:
     """Fetch the descriptor for ``selector`` from the GDT or LDT (TI bit).
 
     A selector beyond the table limit raises ``vector`` (default #GP) with

@@ -137,7 +137,8 @@ def _far_target(c: CPU, selector: int) -> Descriptor:
     return desc
 
 
-def _through_call_gate(c: CPU, gate_sel: int, gate: Descriptor, jmp: bool = False) -> tuple[int, Descriptor, int]:
+def _through_call_gate(c: CPU, gate_sel: int, gate: Descriptor,
+                       jmp: bool = False) -> tuple[int, Descriptor, int]:
     """Gate checks shared by JMP and CALL (SDM Vol.3A 5.8.4, Table 5-1; Vol.2 JMP/CALL "CALL-GATE")."""
     if gate.dpl < c.cpl or gate.dpl < (gate_sel & 3):
         raise _gp(gate_sel, f"call gate {gate_sel:#x}: DPL {gate.dpl} < max(CPL {c.cpl}, RPL {gate_sel & 3})")
@@ -186,7 +187,8 @@ def _call_gate(c: CPU, gate_sel: int, gate: Descriptor, next_ip: int) -> None:
     count = gate.gate_param_count
     need = (4 + count) * size
     if not stack_room(ss_desc.ar, ss_desc.limit, new_esp, need):
-        raise CpuFault(Vector.SS, new_ss & 0xFFFC, detail=f"inner stack has no room for the {need}-byte frame")
+        raise CpuFault(Vector.SS, new_ss & 0xFFFC,
+                       detail=f"inner stack has no room for the {need}-byte frame")
     _check_offset(code, target)
     # the parameters come from the caller's stack, read before anything changes (a fault there is
     # the caller's #SS(0) or #PF); they keep their order on the new stack (Figure 5-13)
@@ -263,8 +265,8 @@ def far_ret(c: CPU, size: int, extra: int) -> None:
     commit_ss(c, new_ss, ss_desc)
     _set_stack_pointer(c, ss_desc, new_esp)
     c.adjust_sp(extra)  # "release parameters from calling procedure's stack"
-    c.update_mode()
     null_unusable_data_segments(c, rpl)
+    c.update_mode()  # after the nulling: DS/ES flatness is part of the block-cache mode key
     c.eip = offset
 
 
@@ -296,7 +298,8 @@ def _return_stack_segment(c: CPU, selector: int, rpl: int, not_present: int = Ve
     if (selector & 3) != rpl or not desc.is_data or not desc.ar & 2 or desc.dpl != rpl:
         raise _gp(selector, f"return SS {selector:#x} is not a writable data segment at DPL {rpl}")
     if not desc.present:
-        raise CpuFault(not_present, selector & 0xFFFC, detail=f"return stack segment {selector:#x} not present")
+        raise CpuFault(not_present, selector & 0xFFFC,
+                       detail=f"return stack segment {selector:#x} not present")
     return desc
 
 
@@ -377,6 +380,6 @@ def iret(c: CPU, size: int, next_ip: int | None = None) -> None:
     commit_cs(c, selector, desc, rpl)
     commit_ss(c, new_ss, ss_desc)
     _set_stack_pointer(c, ss_desc, new_esp)
-    c.update_mode()
     null_unusable_data_segments(c, rpl)
+    c.update_mode()  # after the nulling: DS/ES flatness is part of the block-cache mode key
     c.eip = eip

@@ -109,7 +109,8 @@ def check_ss(cpu: CPU, selector: int, cpl: int, vector: int = Vector.GP, ext: in
         raise CpuFault(vector, ext if vector != Vector.GP else 0, detail="null SS selector")
     desc = read_descriptor(cpu, selector, error_code=ec, vector=vector)
     if (selector & 3) != cpl or not desc.is_data or not desc.ar & AR_WRITABLE or desc.dpl != cpl:
-        raise CpuFault(vector, ec, detail=f"SS selector {selector:#x} is not a writable data segment at DPL {cpl}")
+        raise CpuFault(vector, ec,
+                       detail=f"SS selector {selector:#x} is not a writable data segment at DPL {cpl}")
     if not desc.present:
         raise CpuFault(Vector.SS, ec, detail=f"stack segment {selector:#x} not present")
     return desc
@@ -142,10 +143,11 @@ def check_code_target(cpu: CPU, selector: int, desc: Descriptor) -> None:
     ec = selector & 0xFFFC
     if desc.ar & AR_CONFORMING:
         if desc.dpl > cpu.cpl:
-            raise CpuFault(Vector.GP, ec, detail=f"conforming code {selector:#x} DPL {desc.dpl} > CPL {cpu.cpl}")
+            raise CpuFault(Vector.GP, ec,
+                           detail=f"conforming code {selector:#x} DPL {desc.dpl} > CPL {cpu.cpl}")
     elif (selector & 3) > cpu.cpl or desc.dpl != cpu.cpl:
-        raise CpuFault(Vector.GP, ec,
-                       detail=f"code segment {selector:#x}: RPL {selector & 3} / DPL {desc.dpl} vs CPL {cpu.cpl}")
+        raise CpuFault(Vector.GP, ec, detail=f"code segment {selector:#x}: RPL {selector & 3} / "
+                                             f"DPL {desc.dpl} vs CPL {cpu.cpl}")
     if not desc.present:
         raise CpuFault(Vector.NP, ec, detail=f"code segment {selector:#x} not present")
 

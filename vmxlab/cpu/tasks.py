@@ -138,7 +138,8 @@ def task_switch_far(cpu: CPU, selector: int, desc: Descriptor, source: str, next
         if selector & 4:  # SDM Vol.3A 7.2.2: "TSS descriptors may only be placed in the GDT"
             raise CpuFault(Vector.GP, ec, detail=f"TSS selector {selector:#x} refers to the LDT")
         if desc.dpl < cpu.cpl or desc.dpl < rpl:
-            raise CpuFault(Vector.GP, ec, detail=f"TSS {selector:#x}: DPL {desc.dpl} < CPL {cpu.cpl}/RPL {rpl}")
+            raise CpuFault(Vector.GP, ec,
+                           detail=f"TSS {selector:#x}: DPL {desc.dpl} < CPL {cpu.cpl}/RPL {rpl}")
     if not tss.present:
         raise CpuFault(Vector.NP, tss_sel & 0xFFFC, detail=f"TSS {tss_sel:#x} not present")
     switch_tasks(cpu, tss_sel, tss, how, next_ip)
@@ -157,7 +158,8 @@ def task_gate_event(cpu: CPU, gate: Descriptor, vector: int, error_code: int | N
         raise CpuFault(Vector.GP, (tss_sel & 0xFFFC) | ext, detail=f"task gate {vector} names a busy TSS")
     if not tss.present:
         raise CpuFault(Vector.NP, (tss_sel & 0xFFFC) | ext, detail=f"TSS {tss_sel:#x} not present")
-    switch_tasks(cpu, tss_sel, tss, TaskSource.GATE, return_eip, error_code=error_code, ext=ext, vector=vector)
+    switch_tasks(cpu, tss_sel, tss, TaskSource.GATE, return_eip, error_code=error_code, ext=ext,
+                 vector=vector)
 
 
 def task_return(cpu: CPU, next_ip: int) -> None:
@@ -213,7 +215,8 @@ def switch_tasks(cpu: CPU, new_sel: int, new: Descriptor, source: TaskSource, ol
     # step 3: the new TSS must be big enough for a task state
     new_min = TSS32_MIN_LIMIT if new.tss32 else TSS16_MIN_LIMIT
     if new.limit < new_min:
-        raise CpuFault(Vector.TS, (new_sel & 0xFFFC) | ext, detail=f"TSS {new_sel:#x} limit {new.limit:#x} < {new_min:#x}")
+        raise CpuFault(Vector.TS, (new_sel & 0xFFFC) | ext,
+                       detail=f"TSS {new_sel:#x} limit {new.limit:#x} < {new_min:#x}")
     if cpu.vmx is not None:  # SDM Vol.3C 26.4.2: task switches always exit, after the checks above
         info = {"selector": new_sel, "source": int(source)}
         if vector is not None:
@@ -225,7 +228,8 @@ def switch_tasks(cpu: CPU, new_sel: int, new: Descriptor, source: TaskSource, ol
     old_base, old32 = cpu.tr.base, bool(cpu.tr.ar & 0x8)
     old_max = 0x5F if old32 else 0x29  # the last byte the save writes (GS slot / DS slot)
     if cpu.tr.limit < old_max:
-        raise CpuFault(Vector.TS, (old_sel & 0xFFFC) | ext, detail=f"current TSS limit {cpu.tr.limit:#x} too small")
+        raise CpuFault(Vector.TS, (old_sel & 0xFFFC) | ext,
+                       detail=f"current TSS limit {cpu.tr.limit:#x} too small")
     nbase = new.base
 
     # step 5: everything the switch reads or writes must be present (faults here change nothing)
@@ -299,7 +303,7 @@ def switch_tasks(cpu: CPU, new_sel: int, new: Descriptor, source: TaskSource, ol
     if nested:
         new_flags |= fl.NT
     try:
-        _load_new_task(cpu, new, new_eip, new_flags, new_regs, new_sels, ldt_sel, new_cr3)
+        _load_new_task(cpu, new_eip, new_flags, new_regs, new_sels, ldt_sel, new_cr3, ext)
         if error_code is not None:
             # SDM Vol.2 INT n "TASK-GATE": push the error code on the new task's stack
             size = 4 if new.tss32 else 2
@@ -316,11 +320,12 @@ def switch_tasks(cpu: CPU, new_sel: int, new: Descriptor, source: TaskSource, ol
         cpu.trace.task_switch(cpu, old_sel, new_sel, source.name.lower())
 
 
-def _load_new_task(cpu: CPU, new: Descriptor, eip: int, eflags: int, regs: list[int], sels: list[int],
-                   ldt_sel: int, cr3: int | None) -> None:
+def _load_new_task(cpu: CPU, eip: int, eflags: int, regs: list[int], sels: list[int], ldt_sel: int,
+                   cr3: int | None, ext: int) -> None:
     """Steps 12-13: registers, EFLAGS, CR3 and LDTR, then the segment registers with the checks of
     SDM Vol.3A Table 7-1.  Selectors are loaded first with unusable caches, so a fault shows the
-    new task's selectors (as hardware and Bochs do)."""
+    new task's selectors (as hardware and Bochs do).  ``ext`` is the EXT bit of the error codes:
+    1 when the switch delivers an external event or an exception through a task gate (SDM 6.13)."""
     from .ops.system import write_cr
 
     cpu.regs[:] = [v & M32 for v in regs]
@@ -341,22 +346,22 @@ def _load_new_task(cpu: CPU, new: Descriptor, eip: int, eflags: int, regs: list[
             write_cr(cpu, 3, cr3)  # flushes non-global TLB entries; PAE reloads the PDPTEs
         except CpuFault:
             cpu.pdptes = [0, 0, 0, 0]
-            raise CpuFault(Vector.TS, 0, detail=f"new task's CR3 {cr3:#x} has invalid PDPTEs") from None
+            raise CpuFault(Vector.TS, ext, detail=f"new task's CR3 {cr3:#x} has invalid PDPTEs") from None
     # LDTR (Table 7-1: #TS(LDT selector) for TI=1, outside the GDT, wrong type, not present)
     if ldt_sel & 0xFFFC:
-        ec = ldt_sel & 0xFFFC
+        ec = (ldt_sel & 0xFFFC) | ext
         if ldt_sel & 4 or not table_limit_ok(cpu, ldt_sel):
             raise CpuFault(Vector.TS, ec, detail=f"new task's LDT selector {ldt_sel:#x} is not in the GDT")
-        ldt = read_descriptor(cpu, ldt_sel, vector=Vector.TS)
+        ldt = read_descriptor(cpu, ldt_sel, error_code=ec, vector=Vector.TS)
         if ldt.s or ldt.type != SYS_LDT or not ldt.present:
             raise CpuFault(Vector.TS, ec, detail=f"new task's LDT {ldt_sel:#x} is not a present LDT")
         cpu.ldtr.load(ldt_sel, ldt.base, ldt.limit, ldt.ar)
     # SS: writable data with DPL = CS.RPL = SS.RPL, present (#SS)
     ss_sel = sels[SS]
-    ec = ss_sel & 0xFFFC
-    if ec == 0:
-        raise CpuFault(Vector.TS, 0, detail="new task's SS is null")
-    ss = read_descriptor(cpu, ss_sel, vector=Vector.TS)
+    ec = (ss_sel & 0xFFFC) | ext
+    if ss_sel & 0xFFFC == 0:
+        raise CpuFault(Vector.TS, ext, detail="new task's SS is null")
+    ss = read_descriptor(cpu, ss_sel, error_code=ec, vector=Vector.TS)
     if not ss.is_data or not ss.ar & AR_WRITABLE:
         raise CpuFault(Vector.TS, ec, detail=f"new task's SS {ss_sel:#x} is not writable data")
     if not ss.present:
@@ -369,17 +374,17 @@ def _load_new_task(cpu: CPU, new: Descriptor, eip: int, eflags: int, regs: list[
     # DS ES FS GS: the MOV checks with #TS for type/privilege, #NP for not present
     for sreg in (DS, ES, FS, GS):
         sel = sels[sreg]
-        desc = check_data_segment(cpu, sel, cpl=new_cpl, vector=Vector.TS)
+        desc = check_data_segment(cpu, sel, cpl=new_cpl, vector=Vector.TS, ext=ext)
         if desc is not None:
             set_accessed(cpu, sel, desc)
             cpu.segs[sreg].load(sel, desc.base, desc.limit, desc.ar | 1)
     cpu.update_mode()
     # CS: code, DPL = RPL (non-conforming) or DPL <= RPL (conforming), present (#NP)
     cs_sel = sels[CS]
-    ec = cs_sel & 0xFFFC
-    if ec == 0:
-        raise CpuFault(Vector.TS, 0, detail="new task's CS is null")
-    cs = read_descriptor(cpu, cs_sel, vector=Vector.TS)
+    ec = (cs_sel & 0xFFFC) | ext
+    if cs_sel & 0xFFFC == 0:
+        raise CpuFault(Vector.TS, ext, detail="new task's CS is null")
+    cs = read_descriptor(cpu, cs_sel, error_code=ec, vector=Vector.TS)
     if not cs.is_code:
         raise CpuFault(Vector.TS, ec, detail=f"new task's CS {cs_sel:#x} is not code")
     if (cs.ar & AR_CONFORMING and cs.dpl > new_cpl) or (not cs.ar & AR_CONFORMING and cs.dpl != new_cpl):
@@ -389,4 +394,5 @@ def _load_new_task(cpu: CPU, new: Descriptor, eip: int, eflags: int, regs: list[
     commit_cs(cpu, cs_sel, cs, new_cpl)
 
 
-__all__ = ["TaskSource", "stack_for_privilege", "switch_tasks", "task_gate_event", "task_return", "task_switch_far"]
+__all__ = ["TaskSource", "stack_for_privilege", "switch_tasks", "task_gate_event", "task_return",
+           "task_switch_far"]

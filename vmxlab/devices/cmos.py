@@ -74,7 +74,7 @@ class Cmos:
         self.ram[REG_B] = REG_B_DEFAULT
         self.ram[REG_D] = REG_D_VRT
         self.ram[EQUIPMENT] = 0x00  # no diskette, no x87 coprocessor, video EGA/VGA (bits 5-4 = 0)
-        self._set_memory_size(machine.memory.size)
+        self._set_memory_size(machine.memory.guest_size)
 
     def attach(self) -> Cmos:
         self.machine.ports.register(INDEX_PORT, 2, self)

@@ -44,12 +44,30 @@ def _parse_operand(text: str) -> tuple[Operand, int | None]:
     m = re.fullmatch(r"(?:(byte|word|dword|qword)\s+)?\[(.+)\]", text)
     if m:
         size = _SIZE_WORDS[m.group(1)] if m.group(1) else None
-        return Mem(int(m.group(2), 0)), size
+        return _parse_address(m.group(2)), size
     if text in _REG_SIZE:
         return Reg(text), _REG_SIZE[text]
     if text.startswith("<") and text.endswith(">"):
         return Label(int(text[1:-1])), None
     return Imm(int(text, 0)), None
+
+
+def _parse_address(text: str) -> Mem:
+    """``0x101000``, ``ebx``, ``ebx+0x10``, ``ebx+esi*4+0x10`` (32-bit registers only)."""
+    base = index = None
+    scale, disp = 1, 0
+    for term in text.replace(" ", "").split("+"):
+        if "*" in term:
+            index, s = term.split("*")
+            scale = int(s)
+        elif term in REGS[4]:
+            if base is None:
+                base = term
+            else:
+                index = term
+        else:
+            disp += int(term, 0)
+    return Mem(disp, base, index, scale)
 
 
 def _fits(kind: str, op: Operand, size: int | None, imm_ok_bits: int = 32) -> bool:
@@ -217,8 +235,18 @@ def faults() -> Iterator[Program]:
     yield prog("#PF in the middle of rep stosd", "rep stosd", {"edi": L.RO_PAGE - 8, "ecx": 4, "eax": 0x41})
 
 
+def privileged() -> Iterator[Program]:
+    """Ring 3 against the protection rules: every privileged instruction the harness can express is
+    #GP(0) at CPL 3 (SDM Vol.3A 5.9), and the IOPL-sensitive ones are #GP(0) with IOPL 0 and no I/O
+    bitmap (SDM Vol.2 STI; Vol.1 19.5).  The ring-0 side of the same rules is in
+    tests/test_conformance_protection.py."""
+    for line in ("sti", "clts", "invd", "wbinvd", "rdmsr", "wrmsr", f"invlpg [{L.DATA:#x}]"):
+        yield prog(f"#GP {line} at CPL 3", line, {"ecx": 0x10})
+    yield prog("#GP out with IOPL 0", "out dx, al", {"edx": 0x80})
+
+
 GROUPS = {"carry-overflow": carry_overflow, "shifts": shifts, "multiply": multiply, "divide": divide,
-          "bits": bits, "bcd": bcd, "faults": faults}
+          "bits": bits, "bcd": bcd, "faults": faults, "privileged": privileged}
 
 
 def edge_cases() -> Iterator[Program]:

@@ -15,12 +15,11 @@ from dataclasses import dataclass
 
 from .compare import Difference
 from .outcome import Outcome
-from .program import Insn, Mem, Program
+from .program import Insn, Program
 
-SHIFTS = ("SHL", "SAL", "SHR", "SAR", "ROL", "ROR", "RCL", "RCR", "SHLD", "SHRD")
-#: mnemonics whose memory destination is read and written (a read-modify-write access)
-RMW = (*SHIFTS, "ADD", "ADC", "SUB", "SBB", "AND", "OR", "XOR", "INC", "DEC", "NEG", "NOT", "XCHG", "XADD",
-       "CMPXCHG", "CMPXCHG8B", "BTS", "BTR", "BTC")
+#: read-modify-write instructions whose load vmxlab still does with read intent (the generic
+#: operands.rmw path does it with write intent since the hardware comparison found it)
+RMW_READ_INTENT = ("BTS", "BTR", "BTC")
 
 
 def _mnemonic(insn: Insn) -> str:
@@ -32,10 +31,10 @@ def _insn_at(program: Program, index: int) -> Insn | None:
 
 
 def _rmw_pf_write_bit(program: Program, hw: Outcome, sw: Outcome, diffs: list[Difference]) -> bool:
-    """A read-modify-write instruction faults on its load: hardware sets W (bit 1) in the #PF error
-    code -- the load is done with write intent, so a read-only page faults at once -- where vmxlab
-    reports a read (and, for an access that straddles a read-only and a not-present page, faults on
-    the second page instead of the first)."""
+    """BTS/BTR/BTC with a memory bit base and a register bit offset fault on their load: hardware sets
+    W (bit 1) in the #PF error code -- the load is done with write intent, so a read-only page faults
+    at once -- where vmxlab reports a read (bits.py h_string uses lread, not lread_rmw).  For an access
+    that straddles a read-only and a not-present page vmxlab then faults on the second page."""
     if not (hw.fault and sw.fault and hw.fault.vector == sw.fault.vector == 14):
         return False
     if hw.fault.index != sw.fault.index:
@@ -44,16 +43,7 @@ def _rmw_pf_write_bit(program: Program, hw: Outcome, sw: Outcome, diffs: list[Di
         return False
     hec, sec = hw.fault.error_code or 0, sw.fault.error_code or 0
     insn = _insn_at(program, hw.fault.index)
-    return insn is not None and _mnemonic(insn) in RMW and bool(hec & 2) and not sec & 2
-
-
-def _shift_count0_access(program: Program, hw: Outcome, sw: Outcome, diffs: list[Difference]) -> bool:
-    """A shift/rotate of a memory operand by a masked count of 0 still reads and writes the operand on
-    hardware (here: #PF(P|W|U) on a read-only page); vmxlab skips the access."""
-    if not (hw.fault and hw.fault.vector == 14) or (sw.fault and sw.fault.index <= hw.fault.index):
-        return False
-    insn = _insn_at(program, hw.fault.index)
-    return insn is not None and _mnemonic(insn) in SHIFTS and bool(insn.ops) and isinstance(insn.ops[0], Mem)
+    return insn is not None and _mnemonic(insn) in RMW_READ_INTENT and bool(hec & 2) and not sec & 2
 
 
 def _cmps_access_order(program: Program, hw: Outcome, sw: Outcome, diffs: list[Difference]) -> bool:
@@ -71,10 +61,11 @@ def _cmps_access_order(program: Program, hw: Outcome, sw: Outcome, diffs: list[D
 
 
 def _straddles_4g(program: Program, hw: Outcome, sw: Outcome, diffs: list[Difference]) -> bool:
-    """An access that straddles the 4 GiB boundary (e.g. a dword at 0xFFFFFFFF).  Not comparable on the
-    64-bit KVM target: 32-bit address size wraps the *start* address, but the bytes of the access then
-    continue above 4 GiB, where 32-bit mode checks the segment limit or wraps.  (vmxlab raises #GP(0)
-    for the limit, SDM Vol.3A 5.3.)"""
+    """An access that straddles the 4 GiB boundary (a dword at 0xFFFFFFFF) through a flat segment with
+    limit 0xFFFFFFFF: vmxlab raises #GP(0) by the limit rule of SDM Vol.3A 5.3 ("a doubleword at an
+    offset greater than the effective limit - 3"), but the hardware does not check it -- in real 32-bit
+    code (the native32 target, compatibility mode) the access goes ahead and faults #PF on its first
+    byte (Bochs skips limit checks for 4-GiB segments for the same reason)."""
     f = hw.fault if hw.fault and hw.fault.vector == 14 else None
     return f is not None and f.cr2 is not None and f.cr2 >= 0xFFFFFFF9 and bool(sw.fault) and \
         sw.fault.vector == 13  # type: ignore[union-attr]
@@ -89,11 +80,10 @@ class Known:
 
 
 KNOWN: tuple[Known, ...] = (
-    Known("rmw-pf-write-bit", "vmxlab/cpu/ops/operands.py (rmw)", _rmw_pf_write_bit.__doc__ or "",
+    Known("bts-pf-write-bit", "vmxlab/cpu/ops/bits.py (bit_test, h_string)",
+          _rmw_pf_write_bit.__doc__ or "",
           _rmw_pf_write_bit),
-    Known("shift-count0-access", "vmxlab/cpu/ops/shift.py", _shift_count0_access.__doc__ or "",
-          _shift_count0_access),
-    Known("straddles-4g", "not comparable on the 64-bit KVM target", _straddles_4g.__doc__ or "",
+    Known("straddles-4g", "vmxlab/cpu/core.py (segment limit check)", _straddles_4g.__doc__ or "",
           _straddles_4g),
     Known("cmps-access-order", "vmxlab/cpu/ops/string.py", _cmps_access_order.__doc__ or "",
           _cmps_access_order),

@@ -39,12 +39,10 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 
-from iced_x86 import Code, Instruction
-
 from ..assemble import nasm_path
 from . import layout as L
 from .outcome import Fault, Outcome
-from .program import Insn, Program
+from .program import Imm, Insn, Program
 
 USER32_CS = 0x23  # Linux x86-64 GDT (arch/x86/include/asm/segment.h): __USER32_CS
 USER_DS = 0x2B  # __USER_DS
@@ -134,6 +132,7 @@ exit64:
     mov [CTX + {C_EFL}], eax
     mov dword [CTX + {C_FAULT}], 0
 back:
+    cld                             ; the System V ABI wants DF = 0 on return; the program may have set it
     mov ax, [CTX + {C_DS}]
     mov ds, ax
     mov ax, [CTX + {C_ES}]
@@ -198,8 +197,8 @@ MAP_FIXED_NOREPLACE = 0x100000
 class _Sigaction(ctypes.Structure):
     """glibc ``struct sigaction`` on x86-64 (bits/sigaction.h)."""
 
-    _fields_ = [("sa_sigaction", ctypes.c_void_p), ("sa_mask", ctypes.c_uint64 * 16), ("sa_flags", ctypes.c_int),
-                ("sa_restorer", ctypes.c_void_p)]
+    _fields_ = [("sa_sigaction", ctypes.c_void_p), ("sa_mask", ctypes.c_uint64 * 16),
+                ("sa_flags", ctypes.c_int), ("sa_restorer", ctypes.c_void_p)]
 
 
 class _StackT(ctypes.Structure):
@@ -260,7 +259,8 @@ class _Worker:
         ss = _StackT(ctypes.addressof(self.altstack), 0, len(self.altstack))
         if libc.sigaltstack(ctypes.byref(ss), None) != 0:
             raise OSError(ctypes.get_errno(), "sigaltstack")
-        act = _Sigaction(labels["handler"], (ctypes.c_uint64 * 16)(), SA_SIGINFO | SA_ONSTACK | SA_NODEFER, None)
+        flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER
+        act = _Sigaction(labels["handler"], (ctypes.c_uint64 * 16)(), flags, None)
         for sig in _SYNC_SIGNALS:
             if libc.sigaction(int(sig), ctypes.byref(act), None) != 0:
                 raise OSError(ctypes.get_errno(), f"sigaction({sig})")
@@ -312,11 +312,8 @@ def _serve(conn_r: int, conn_w: int, stub: bytes, labels: dict[str, int]) -> Non
 
 
 def _send(fd: int, obj: object) -> None:
+    """A length-prefixed pickle (the worker and the harness are the same program: pickle is safe here)."""
     data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    os.write(fd, struct.pack("<I", len(data)) + data) if len(data) < 60000 else _send_all(fd, data)
-
-
-def _send_all(fd: int, data: bytes) -> None:
     buf = memoryview(struct.pack("<I", len(data)) + data)
     while buf:
         n = os.write(fd, buf)
@@ -359,8 +356,8 @@ class Native32Target:
         if os.uname().machine != "x86_64":
             raise NativeUnavailable(f"needs an x86-64 host, this is {os.uname().machine}")
         self._stub, self._labels = _assemble_stub()
-        end = Instruction.create_far_branch(Code.JMP_PTR1632, USER_CS, self._labels["exit64"])
-        self.end: tuple[Insn, ...] = (_FarJump(end),)
+        #: a program ends with a far jump back to 64-bit code (Linux's __USER_CS) at exit64
+        self.end: tuple[Insn, ...] = (Insn("JMP_PTR1632", (Imm(USER_CS), Imm(self._labels["exit64"]))),)
         self.pid = 0
         self._spawn()
         self.runs = 0
@@ -424,20 +421,3 @@ class Native32Target:
         ec = res["err"] if vector in L.ERROR_CODE_VECTORS else None
         cr2 = res["cr2"] & 0xFFFFFFFF if vector == 14 else None
         return Outcome(regs, eflags, pages, fault=Fault(vector, ec, index, cr2))
-
-
-@dataclass(frozen=True)
-class _FarJump(Insn):
-    """``jmp far 0x33:exit64`` -- the end of a program on this target."""
-
-    far: Instruction | None = None
-
-    def __init__(self, ins: Instruction) -> None:
-        object.__setattr__(self, "code", "JMP_PTR1632")
-        object.__setattr__(self, "ops", ())
-        object.__setattr__(self, "rep", "")
-        object.__setattr__(self, "far", ins)
-
-    def build(self, bitness: int, labels: dict[int, int]) -> Instruction:
-        return Instruction.create_far_branch(Code.JMP_PTR1632, self.far.far_branch_selector,
-                                             self.far.far_branch32)

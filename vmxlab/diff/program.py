@@ -148,6 +148,8 @@ class Insn:
             if mn in _NO_SEGMENT:
                 return create(32, _REP[self.rep])
             return create(32, Register.NONE, _REP[self.rep])
+        if mn == Mnemonic.JMP and self.code == "JMP_PTR1632":  # jmp far selector:offset
+            return Instruction.create_far_branch(code, self.ops[0].value, self.ops[1].value)
         if mn == Mnemonic.XLATB:  # [EBX + AL]; 0x67 in 64-bit mode
             return Instruction.create_mem(code, MemoryOperand(Register.EBX, Register.AL))
         ops = self.ops

@@ -103,8 +103,8 @@ def load_flat(machine: Machine, data: bytes, addr: int) -> None:
     """Copy a raw binary to physical ``addr``; it must fit in RAM."""
     if not data:
         raise UserError("the image is empty")
-    if addr < 0 or addr + len(data) > machine.memory.size:
+    if addr < 0 or addr + len(data) > machine.memory.guest_size:
         raise UserError(
-            f"a {len(data)}-byte image at {addr:#x} does not fit in {machine.memory.size >> 20} MiB of RAM "
+            f"a {len(data)}-byte image at {addr:#x} does not fit in {machine.memory.guest_size >> 20} MiB of RAM "
             "(choose another --load address or a larger --mem)")
     machine.memory.write_bytes(addr, data)

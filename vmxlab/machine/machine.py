@@ -195,8 +195,12 @@ class Machine:
             self.on_intr()
 
     @classmethod
-    def create(cls, mem_mib: int = 32, console: Console | None = None, wall_clock: bool = False) -> Machine:
-        m = cls(memory=PhysicalMemory(mem_mib * MiB), clock=Clock(wall=wall_clock))
+    def create(cls, mem_mib: int = 32, console: Console | None = None, wall_clock: bool = False,
+               reserved_mib: int = 0) -> Machine:
+        """``reserved_mib`` more MiB of RAM above the guest's, for a VMM's own structures."""
+        memory = PhysicalMemory((mem_mib + reserved_mib) * MiB)
+        memory.guest_size = mem_mib * MiB
+        m = cls(memory=memory, clock=Clock(wall=wall_clock))
         if console is not None:
             m.console = console
         return m

@@ -74,6 +74,9 @@ class PhysicalMemory:
         if size <= 0 or size % PAGE_SIZE:
             raise ValueError("memory size must be a positive multiple of 4 KiB")
         self.size = size
+        #: the RAM the guest is told about (e820, multiboot, CMOS); a VMM may keep memory above it
+        #: for its own structures (VMCS, EPT tables), which the guest cannot reach
+        self.guest_size = size
         self.ram = bytearray(size)
         self.mmio: list[MmioRegion] = []
         self.roms: list[RomRegion] = []

@@ -239,7 +239,7 @@ def load_multiboot(machine: Machine, data: bytes, cmdline: str) -> EntryState:
     _check_flags(flags)
     img, entry = _load_aout(data, off) if flags & FLAG_AOUT_KLUDGE else _load_elf(data)
 
-    ram = machine.memory.size
+    ram = machine.memory.guest_size
     for addr, chunk in img.chunks:
         if addr + len(chunk) > ram:
             raise UserError(f"the kernel segment at {addr:#x}-{addr + len(chunk):#x} lies outside the "

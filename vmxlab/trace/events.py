@@ -117,7 +117,8 @@ class Tracer:
 
     def event_delivery(self, cpu: CPU, vector: int, error_code: int | None, kind: int, return_eip: int) -> None:
         fields: dict[str, Any] = {
-            "vector": vector, "name": MNEMONICS.get(vector, f"INT {vector:#x}" if kind == 4 else f"IRQ vector {vector}"),
+            "vector": vector,
+            "name": MNEMONICS.get(vector, f"INT {vector:#x}" if kind == 4 else f"IRQ vector {vector}"),
             "event": EVENT_KIND_NAMES.get(int(kind), str(kind)), "error_code": error_code,
             "return_eip": return_eip, "from_cpl": cpu.cpl,
         }

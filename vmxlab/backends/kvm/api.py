@@ -489,6 +489,15 @@ class KvmVcpu:
         _ioctl(self.fd, k.KVM_GET_CPUID2, buf)
         return [_copy(buf.entries[i]) for i in range(buf.nent)]
 
+    def get_xsave(self) -> s.KvmXsave:
+        """KVM_GET_XSAVE (api.rst 4.42): x87, SSE (with MXCSR) and extended state, XSAVE layout."""
+        x = s.KvmXsave()
+        _ioctl(self.fd, k.KVM_GET_XSAVE, x)
+        return x
+
+    def set_xsave(self, xsave: s.KvmXsave) -> None:
+        _ioctl(self.fd, k.KVM_SET_XSAVE, xsave)
+
     def get_mp_state(self) -> int:
         """KVM_GET_MP_STATE (api.rst 4.38): RUNNABLE, HALTED, ... (needs the in-kernel irqchip)."""
         st = ctypes.c_uint32()

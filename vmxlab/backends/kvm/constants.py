@@ -93,6 +93,8 @@ KVM_GET_CPUID2 = _iowr(0x91, sizeof(s.KvmCpuid2))
 KVM_SET_GUEST_DEBUG = _iow(0x9B, sizeof(s.KvmGuestDebug))
 KVM_GET_MP_STATE = _ior(0x98, 4)  # struct kvm_mp_state { __u32 mp_state; }
 KVM_GET_VCPU_EVENTS = _ior(0x9F, sizeof(s.KvmVcpuEvents))
+KVM_GET_XSAVE = _ior(0xA4, sizeof(s.KvmXsave))
+KVM_SET_XSAVE = _iow(0xA5, sizeof(s.KvmXsave))
 KVM_SET_VCPU_EVENTS = _iow(0xA0, sizeof(s.KvmVcpuEvents))
 
 KVM_API_VERSION = 12  # the only stable API version (api.rst 4.1)

@@ -38,6 +38,12 @@ OK = iced.OpKind
 RFLAGS_AC = 1 << 18  # SDM Vol.1 3.4.3.3
 RFLAGS_ZF = 1 << 6
 MXCSR_RESERVED = 0xFFFF0000  # bits 31:16 (SDM Vol.1 10.2.3, with MXCSR_MASK 0xFFFF)
+# the legacy region of the XSAVE area (SDM Vol.1 Table 10-2 "FXSAVE ... Memory Region Layout") and
+# the XSAVE header (SDM Vol.1 13.4.2)
+FSW_OFFSET = 2
+MXCSR_OFFSET = 24
+XMM0_OFFSET = 160
+XSTATE_BV = 512
 
 _GPR64 = {R.RAX: "rax", R.RCX: "rcx", R.RDX: "rdx", R.RBX: "rbx", R.RSP: "rsp", R.RBP: "rbp", R.RSI: "rsi",
           R.RDI: "rdi", R.R8: "r8", R.R9: "r9", R.R10: "r10", R.R11: "r11", R.R12: "r12", R.R13: "r13",
@@ -58,7 +64,8 @@ class InstructionFallback:
         self.vcpu = vcpu
         #: how many of each mnemonic were run here (reported in the run summary)
         self.counts: Counter[str] = Counter()
-        self._fpu = None
+        self._fpu: memoryview | None = None
+        self._xsave = None
 
     # ------------------------------------------------------------------ entry
 
@@ -75,11 +82,15 @@ class InstructionFallback:
         try:
             done = handler(self, ins)
         except _Fault:
-            return False
+            done = False
+        if not done and self._fpu is not None:
+            self._fpu.release()
+            self._fpu = None
         if not done:
             return False
         if self._fpu is not None:
-            v.cpu.set_fpu(self._fpu)
+            self._fpu.release()
+            v.cpu.set_xsave(self._xsave)
             self._fpu = None
         self.counts[iced_mnemonic_name(ins)] += 1
         return True
@@ -120,17 +131,28 @@ class InstructionFallback:
         setattr(r, name, new)
         self.vcpu.kvm_run.kvm_dirty_regs |= k.KVM_SYNC_X86_REGS
 
-    def fpu(self):
+    def fpu(self) -> memoryview:
+        """The vCPU's XSAVE image (KVM_GET_XSAVE; see structs.KvmXsave for why not KVM_GET_FPU),
+        fetched once per emulated instruction and written back after it."""
         if self._fpu is None:
-            self._fpu = self.vcpu.cpu.get_fpu()
+            self._xsave = self.vcpu.cpu.get_xsave()
+            self._fpu = memoryview(self._xsave).cast("B")
         return self._fpu
 
+    def fpu_word(self, offset: int, size: int) -> int:
+        return int.from_bytes(self.fpu()[offset : offset + size], "little")
+
+    def set_fpu_word(self, offset: int, size: int, value: int) -> None:
+        f = self.fpu()
+        f[offset : offset + size] = (value & ((1 << 8 * size) - 1)).to_bytes(size, "little")
+        # XSTATE_BV bits 0 (x87) and 1 (SSE): the legacy region is in use, not the init state
+        f[XSTATE_BV] |= 3
+
     def xmm(self, reg: int) -> int:
-        return int.from_bytes(bytes(self.fpu().xmm[reg - _XMM0]), "little")
+        return self.fpu_word(XMM0_OFFSET + 16 * (reg - _XMM0), 16)
 
     def set_xmm(self, reg: int, value: int) -> None:
-        f = self.fpu()
-        f.xmm[reg - _XMM0][:] = list((value & ((1 << 128) - 1)).to_bytes(16, "little"))
+        self.set_fpu_word(XMM0_OFFSET + 16 * (reg - _XMM0), 16, value)
 
     def linear_address(self, ins: iced.Instruction) -> int:
         """The memory operand's linear address (SDM Vol.1 3.7.5: base + index * scale + disp,
@@ -183,8 +205,12 @@ class InstructionFallback:
         raise _Fault(f"operand kind {kind}")
 
 
+_MNEMONIC_NAMES = {value: name.lower() for name, value in vars(iced.Mnemonic).items() if name.isupper()}
+
+
 def iced_mnemonic_name(ins: iced.Instruction) -> str:
-    return str(ins).split(" ", 1)[0]
+    """"cmpxchg16b" (without prefixes such as LOCK, which ``str(ins)`` would put first)."""
+    return _MNEMONIC_NAMES.get(ins.mnemonic, str(ins).split(" ", 1)[0])
 
 
 # ---------------------------------------------------------------------- handlers
@@ -218,7 +244,7 @@ def clac_stac(fb: InstructionFallback, ins: iced.Instruction) -> bool:
 def fwait(fb: InstructionFallback, ins: iced.Instruction) -> bool:
     """WAIT/FWAIT (SDM Vol.2B "WAIT/FWAIT"): check for pending unmasked x87 exceptions.  A kernel
     runs it with none pending (FNINIT state or after FNCLEX), so it is a no-op here."""
-    fsw = fb.fpu().fsw
+    fsw = fb.fpu_word(FSW_OFFSET, 2)
     if fsw & 0x80:  # ES: an unmasked exception is pending -> #MF, which only the CPU can deliver
         return False
     fb.next_rip(ins)
@@ -230,14 +256,14 @@ def ldmxcsr(fb: InstructionFallback, ins: iced.Instruction) -> bool:
     value = fb.load(ins, 4)
     if value & MXCSR_RESERVED:
         return False
-    fb.fpu().mxcsr = value
+    fb.set_fpu_word(MXCSR_OFFSET, 4, value)
     fb.next_rip(ins)
     return True
 
 
 def stmxcsr(fb: InstructionFallback, ins: iced.Instruction) -> bool:
     """STMXCSR m32 (SDM Vol.2B "STMXCSR")."""
-    fb.store(ins, 4, fb.fpu().mxcsr)
+    fb.store(ins, 4, fb.fpu_word(MXCSR_OFFSET, 4))
     fb.next_rip(ins)
     return True
 

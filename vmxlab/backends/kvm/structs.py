@@ -301,6 +301,15 @@ class KvmSyncRegs(Structure):
 KVM_SYNC_REGS_OFFSET = 304
 
 
+class KvmXsave(Structure):
+    """``struct kvm_xsave`` (4096 bytes): the vCPU's XSAVE image (SDM Vol.1 13.4 "XSAVE Area": the
+    legacy FXSAVE region -- FCW @0, FSW @2, MXCSR @24, XMM0-15 @160 -- then the XSAVE header with
+    XSTATE_BV @512).  Why it is needed besides ``kvm_fpu``: on the hosts here KVM_GET_FPU reads
+    MXCSR as 0 and KVM_SET_FPU ignores it, while the XSAVE image carries it (measured)."""
+
+    _fields_ = [("region", u8 * 4096)]
+
+
 class KvmLapicState(Structure):
     """``struct kvm_lapic_state`` (1024 bytes): the local APIC register page (SDM Vol.3A 11.4.1)."""
 
@@ -407,6 +416,7 @@ ABI_STRUCTS: dict[str, type[ctypes.Structure]] = {
     "kvm_vcpu_events": KvmVcpuEvents,
     "kvm_lapic_state": KvmLapicState,
     "kvm_sync_regs": KvmSyncRegs,
+    "kvm_xsave": KvmXsave,
     "kvm_translation": KvmTranslation,
     "kvm_interrupt": KvmInterrupt,
     "kvm_irqfd": KvmIrqfd,

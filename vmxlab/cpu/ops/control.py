@@ -93,7 +93,8 @@ def _far_indirect(ins: Instruction, ctx: Ctx, call: bool) -> Handler:
     return h
 
 
-@handles("JO", "JNO", "JB", "JAE", "JE", "JNE", "JBE", "JA", "JS", "JNS", "JP", "JNP", "JL", "JGE", "JLE", "JG")
+@handles("JO", "JNO", "JB", "JAE", "JE", "JNE", "JBE", "JA",
+         "JS", "JNS", "JP", "JNP", "JL", "JGE", "JLE", "JG")
 def jcc(ins: Instruction, ctx: Ctx) -> Handler:
     cc = ins.condition_code - 1  # iced ConditionCode: 1 = O ... 16 = G; x86 cc nibble is 0..15
     target = ins.near_branch_target

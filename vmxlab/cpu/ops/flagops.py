@@ -14,7 +14,7 @@ from iced_x86 import Instruction
 
 from .. import flags as fl
 from ..faults import CpuFault, Vector
-from . import Ctx, Handler, ends_block, handles
+from . import Ctx, Handler, handles
 from .control import operand_size
 
 if TYPE_CHECKING:

@@ -29,7 +29,8 @@ def check_io_permission(c: CPU, port: int, size: int) -> None:
     tr = c.tr
     # only a 32-bit TSS has an I/O bitmap (SDM Vol.3A 7.2.1); the base is the word at offset 0x66
     if tr.unusable or (tr.ar & 0xF) not in (0x9, 0xB) or tr.limit < 0x67:
-        raise CpuFault(Vector.GP, 0, detail=f"I/O to port {port:#x} at CPL {c.cpl} > IOPL {c.iopl}, no I/O bitmap")
+        raise CpuFault(Vector.GP, 0,
+                       detail=f"I/O to port {port:#x} at CPL {c.cpl} > IOPL {c.iopl}, no I/O bitmap")
     base = c.lread(tr.base + 0x66, 2, user=False)
     first = base + (port >> 3)
     # two bytes are always read, so a check near the end of the map needs both within the limit

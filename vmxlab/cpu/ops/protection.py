@@ -70,8 +70,9 @@ LSL_SYSTEM_TYPES = frozenset({SYS_TSS16_AVAIL, SYS_LDT, SYS_TSS16_BUSY, SYS_TSS3
 # VMX "ldtr_tr" instruction identities (SDM Vol.3C Table 28-11, instruction-information field)
 SLDT_ID, STR_ID, LLDT_ID, LTR_ID = 0, 1, 2, 3
 
-#: the hidden parts SYSENTER/SYSEXIT load regardless of the GDT (SDM Vol.2 SYSENTER: "Set rest of CS to a
-#: fixed value"): base 0, limit FFFFFH with G = 1, 32-bit, present; code execute/read accessed, data r/w accessed
+#: the hidden parts SYSENTER/SYSEXIT load regardless of the GDT (SDM Vol.2 SYSENTER: "Set rest of CS
+#: to a fixed value"): base 0, limit FFFFFH with G = 1, 32-bit, present; code execute/read accessed,
+#: data read/write accessed
 FLAT_CODE_AR = 0xC09B
 FLAT_DATA_AR = 0xC093
 DPL3 = 3 << 5
@@ -124,7 +125,8 @@ def lldt(ins: Instruction, ctx: Ctx) -> Handler:
             raise CpuFault(Vector.GP, ec, detail=f"LLDT {selector:#x}: the selector must refer to the GDT")
         desc = read_descriptor(c, selector)
         if desc.s or desc.type != SYS_LDT:
-            raise CpuFault(Vector.GP, ec, detail=f"LLDT {selector:#x}: not an LDT descriptor (type {desc.type:#x})")
+            raise CpuFault(Vector.GP, ec,
+                           detail=f"LLDT {selector:#x}: not an LDT descriptor (type {desc.type:#x})")
         if not desc.present:
             raise CpuFault(Vector.NP, ec, detail=f"LLDT {selector:#x}: LDT not present")
         c.ldtr.load(selector, desc.base, desc.limit, desc.ar)
@@ -319,7 +321,8 @@ def sysexit(ins: Instruction, ctx: Ctx) -> Handler:
     def h(c: CPU) -> None:
         cs = _sysenter_cs(c)
         if not c.pe or c.cpl != 0 or cs & 0xFFFC == 0:
-            raise CpuFault(Vector.GP, 0, detail="SYSEXIT needs CR0.PE = 1, CPL 0 and IA32_SYSENTER_CS[15:2] != 0")
+            raise CpuFault(Vector.GP, 0,
+                           detail="SYSEXIT needs CR0.PE = 1, CPL 0 and IA32_SYSENTER_CS[15:2] != 0")
         c.eip = c.regs[EDX] & M32
         c.regs[ESP] = c.regs[ECX] & M32
         c.segs[CS].load(((cs + 16) & 0xFFFF) | 3, 0, M32, FLAT_CODE_AR | DPL3)
