@@ -18,7 +18,6 @@ ROOT = Path(__file__).resolve().parent.parent
 BUNDLED = sorted(p.name for p in (ROOT / "guests").glob("*.asm"))
 
 _OK, _WHY = kvm_usable()
-needs_kvm = [pytest.mark.kvm, pytest.mark.skipif(not _OK, reason=f"/dev/kvm not usable: {_WHY}")]
 
 
 @pytest.mark.parametrize("guest", BUNDLED)

@@ -13,7 +13,7 @@ import sys
 
 from .errors import UserError
 
-COMMANDS = ["run", "bench", "compare", "boot-linux", "mkinitramfs"]
+COMMANDS = ["run", "demo", "bench", "compare", "boot-linux", "mkinitramfs"]
 
 
 def build_parser() -> argparse.ArgumentParser:

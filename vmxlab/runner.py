@@ -50,7 +50,8 @@ class RunOptions:
     trace_kinds: list[str] | None = None
     show: bool = False
     vmx: bool = False  # run as a guest in VMX non-root operation under the Python VMM
-    policy: str = "default"
+    policy: object = "default"  # a preset name, or a vmxlab.vmm.policies.Policy
+    keep_exit_log: bool = False  # --vmx: keep every VmExit (for experiments that inspect them)
     exits: list[str] = field(default_factory=list)  # --exit NAME=on|off overrides
 
 
@@ -191,9 +192,12 @@ def make_backend(machine: Machine, opts: RunOptions):
         if opts.backend not in ("emu", "auto"):
             raise UserError("--vmx runs the guest on the software CPU's VMX; use --backend emu")
         from .vmm.backend import VmmBackend
-        from .vmm.policies import policy_from_options
+        from .vmm.policies import Policy, policy_from_options
 
-        return VmmBackend(machine, policy_from_options(opts.policy, opts.exits), engine=opts.engine)
+        policy = opts.policy if isinstance(opts.policy, Policy) else policy_from_options(opts.policy, opts.exits)
+        backend = VmmBackend(machine, policy, engine=opts.engine)
+        backend.vm.keep_log = opts.keep_exit_log
+        return backend
     if opts.backend == "emu":
         from .backends.emu import EmuBackend
 

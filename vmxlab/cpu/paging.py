@@ -77,6 +77,17 @@ def _check(cpu: CPU, la: int, acc: int, rw: int, us: int, xd: int) -> None:
         raise _fault(cpu, la, acc, True)
 
 
+def translate_only(cpu: CPU, la: int, acc: int) -> tuple[int, bool, int]:
+    """The walk itself, without TLB bookkeeping: (guest-)physical address, global, large-page shift.
+
+    Used as is by a VMM that must translate a guest-linear address from the guest's paging state in
+    the VMCS (vmm/guest_memory.py); ``cpu`` then only needs cr0, cr3, cr4, efer, pdptes, memory, ept.
+    """
+    if cpu.cr4 & CR4_PAE:
+        return _walk_pae(cpu, la, acc)
+    return _walk_32(cpu, la, acc)
+
+
 def walk(cpu: CPU, la: int, acc: int) -> int:
     """Translate ``la`` for access ``acc`` (EC_W | EC_U | EC_I bits); return the physical address.
 
@@ -86,10 +97,7 @@ def walk(cpu: CPU, la: int, acc: int) -> int:
     from a 2/4 MiB page (INVLPG of any address in it drops the whole page,
     SDM Vol.3A 4.10.4.1, although the TLB caches it 4 KiB at a time).
     """
-    if cpu.cr4 & CR4_PAE:
-        pa, glob, large = _walk_pae(cpu, la, acc)
-    else:
-        pa, glob, large = _walk_32(cpu, la, acc)
+    pa, glob, large = translate_only(cpu, la, acc)
     if glob and cpu.cr4 & CR4_PGE:
         cpu.tlb_global.add(la >> 12)
     elif cpu.tlb_global:

@@ -19,7 +19,7 @@ from .program import Insn, Program
 
 #: read-modify-write instructions whose load vmxlab still does with read intent (the generic
 #: operands.rmw path does it with write intent since the hardware comparison found it)
-RMW_READ_INTENT = ("BTS", "BTR", "BTC")
+RMW_READ_INTENT = ("BTS", "BTR", "BTC", "CMPXCHG8B")
 
 
 def _mnemonic(insn: Insn) -> str:
@@ -31,10 +31,11 @@ def _insn_at(program: Program, index: int) -> Insn | None:
 
 
 def _rmw_pf_write_bit(program: Program, hw: Outcome, sw: Outcome, diffs: list[Difference]) -> bool:
-    """BTS/BTR/BTC with a memory bit base and a register bit offset fault on their load: hardware sets
-    W (bit 1) in the #PF error code -- the load is done with write intent, so a read-only page faults
-    at once -- where vmxlab reports a read (bits.py h_string uses lread, not lread_rmw).  For an access
-    that straddles a read-only and a not-present page vmxlab then faults on the second page."""
+    """CMPXCHG8B m64, and BTS/BTR/BTC with a memory bit base and a register bit offset, fault on
+    their load: hardware sets W (bit 1) in the #PF error code -- the load is done with write intent
+    (CMPXCHG8B always writes, SDM Vol.2 CMPXCHG8B), so a read-only page faults at once -- where
+    vmxlab reports a read (bits.py h_string and datamove.py CMPXCHG8B use lread, not lread_rmw).  For
+    an access that straddles a read-only and a not-present page vmxlab then faults on the second page."""
     if not (hw.fault and sw.fault and hw.fault.vector == sw.fault.vector == 14):
         return False
     if hw.fault.index != sw.fault.index:
@@ -80,7 +81,7 @@ class Known:
 
 
 KNOWN: tuple[Known, ...] = (
-    Known("bts-pf-write-bit", "vmxlab/cpu/ops/bits.py (bit_test, h_string)",
+    Known("rmw-pf-write-bit", "vmxlab/cpu/ops/bits.py (BTS/BTR/BTC h_string), datamove.py (CMPXCHG8B)",
           _rmw_pf_write_bit.__doc__ or "",
           _rmw_pf_write_bit),
     Known("straddles-4g", "vmxlab/cpu/core.py (segment limit check)", _straddles_4g.__doc__ or "",

@@ -44,7 +44,19 @@ class _PagingView:
         secondary = read(F.SECONDARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS)
         ept_on = secondary & 2 and read(F.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS) & (1 << 31)
         self.ept = EptTranslator(cpu.memory, read(F.EPT_POINTER), vcpu.caps) if ept_on else None
-        self.tlb_global: set[int] = set()  # the walker records global pages here; the VMM ignores them
+
+
+class _ReadOnlyEpt:
+    """EPT translation for the VMM's own accesses: addresses only, every access treated as a read."""
+
+    def __init__(self, ept: EptTranslator) -> None:
+        self.ept = ept
+
+    def translate(self, gpa: int, acc: int, la: int | None, final: bool = True) -> int:
+        return self.ept.translate(gpa, 0, la, final)
+
+    def translate_walk(self, gpa: int, la: int | None, write: bool = False) -> int:
+        return self.ept.translate_walk(gpa, la, False)
 
 
 class GuestMemory:
@@ -52,17 +64,24 @@ class GuestMemory:
 
     def __init__(self, vcpu: VmxCpu) -> None:
         self.vcpu = vcpu
+        #: called as on_write(host_physical, size) after the VMM wrote guest memory
+        self.on_write = None
 
     def translate(self, la: int, write: bool = False, user: bool = False) -> int:
-        """Guest-linear to host-physical; raises CpuFault (#PF) for the guest to receive."""
+        """Guest-linear to host-physical; raises CpuFault (#PF) for the guest to receive.
+
+        The guest's page tables are checked with the access's rights; EPT only translates: its
+        permissions are the VMM's own tools (write-protected shadowed tables), not limits on the VMM
+        writing for the guest -- :attr:`on_write` lets the VMM see such writes."""
         view = _PagingView(self.vcpu)
         la &= 0xFFFFFFFF
+        ept, view.ept = view.ept, None
         if view.cr0 & CR0_PG and view.cr0 & CR0_PE:
+            view.ept = _ReadOnlyEpt(ept) if ept is not None else None
             acc = (PF_W if write else 0) | (PF_U if user else 0)
-            return paging.walk(view, la, acc)  # type: ignore[arg-type]
-        if view.ept is not None:
-            return view.ept.translate(la, PF_W if write else 0, la)
-        return la
+            gpa = paging.translate_only(view, la, acc)[0]  # type: ignore[arg-type]
+            return view.ept.translate(gpa, 0, la) if view.ept is not None else gpa
+        return ept.translate(la, 0, la) if ept is not None else la
 
     def read(self, la: int, size: int) -> int:
         data = self.read_bytes(la, size)
@@ -91,6 +110,8 @@ class GuestMemory:
             pos += chunk
         for pa, piece in pieces:
             self.vcpu.memory.write_bytes(pa, piece)
+            if self.on_write is not None:
+                self.on_write(pa, len(piece))
 
 
 __all__ = ["GuestMemory", "CpuFault"]

@@ -114,6 +114,7 @@ class VirtualMachine:
         self.pending_irq: int | None = None
         self._depth = 0  # nesting of handle(): a replayed instruction may exit again
         self.guest = GuestMemory(vcpu.vmx)
+        self.guest.on_write = self._guest_written
         self.ports = VmmPorts(machine.ports)
         machine.ports = self.ports
         self.ports.add(BACKDOOR_PORT, self._backdoor_read, lambda p, s, v: None)
@@ -172,6 +173,13 @@ class VirtualMachine:
             return None
         finally:
             self._depth -= 1
+
+    def _guest_written(self, pa: int, size: int) -> None:
+        """The VMM wrote guest memory (e.g. SGDT's answer): keep shadowed tables in step with it."""
+        if self.shadows is not None:
+            table = self.shadows.table_for(pa)
+            if table is not None:
+                table.sync()
 
     def note(self, text: str) -> None:
         tracer = self.vcpu.cpu.trace
