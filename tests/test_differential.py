@@ -44,7 +44,7 @@ from vmxlab.diff.program import Program
 
 EXAMPLES = int(os.environ.get("VMXLAB_DIFF_EXAMPLES", "10000"))
 NATIVE_EXAMPLES = int(os.environ.get("VMXLAB_DIFF_NATIVE_EXAMPLES", "3000"))
-BUDGET_S = float(os.environ.get("VMXLAB_DIFF_BUDGET", "150"))
+BUDGET_S = float(os.environ.get("VMXLAB_DIFF_BUDGET", "120"))
 STRICT = os.environ.get("VMXLAB_DIFF_STRICT") == "1"
 
 pytestmark = pytest.mark.kvm
@@ -136,7 +136,8 @@ def _check(hw_target: object, sw_target: object, program: Program) -> None:
     """Run ``program`` on both targets; fail with a full report on any unknown difference."""
     hw = hw_target.run(program)  # type: ignore[attr-defined]
     sw = sw_target.run(program)  # type: ignore[attr-defined]
-    diffs = compare(program, hw, sw, supervisor_absent=getattr(hw_target, "supervisor_absent", False))
+    diffs = compare(program, hw, sw, supervisor_absent=getattr(hw_target, "supervisor_absent", False),
+                    private=getattr(hw_target, "private", ()))
     if diffs and not STRICT:
         known = classify(program, hw, sw, diffs)
         if known is not None:

@@ -522,3 +522,28 @@ def test_guest_stopped_is_returned_by_the_vcpu() -> None:
         assert isinstance(res, GuestStopped) and res.stop.reason == StopReason.TIMEOUT
     finally:
         v.close()
+
+
+def test_cpuid_table_is_the_vmms() -> None:
+    """KVM_GET_SUPPORTED_CPUID, the VMM's changes, KVM_SET_CPUID2: the guest sees the VMM's vendor."""
+    from vmxlab.backends.kvm.backend import KvmBackend
+
+    def vmm_cpuid(entries):
+        for e in entries:
+            if e.function == 0:
+                e.ebx, e.edx, e.ecx = (int.from_bytes(b"vmxlabKVMcpu"[i : i + 4], "little") for i in (0, 4, 8))
+        return entries
+
+    path = write_snippet("xor eax, eax\ncpuid\nmov [0x3000], ebx\nmov [0x3004], edx\nmov [0x3008], ecx\n"
+                         "mov eax, 1\ncpuid\nmov [0x300C], ecx", "pm32")
+    opts = RunOptions(image=path, format="flat", load=0x100000, entry="pm32:0x100000", echo=False)
+    m = build_machine(opts)
+    entry = load_image(m, opts, resolve_image(path))
+    be = KvmBackend(m, cpuid_filter=vmm_cpuid)
+    be.apply_entry(entry)
+    assert be.run(None, 5).reason == StopReason.HALTED
+    vendor = m.memory.read_bytes(0x3000, 12)
+    if vendor != b"vmxlabKVMcpu" and be.vcpu.pvm:
+        pytest.xfail("this PVM host answers ring-0 CPUID from the host, not from KVM_SET_CPUID2 (kvm.md §0)")
+    assert vendor == b"vmxlabKVMcpu"
+    assert m.memory.read(0x300C, 4) & (1 << 31)  # the default filter's hypervisor bit (CPUID.1:ECX[31])

@@ -124,8 +124,8 @@ def test_kvm_run_offsets_used_by_the_hot_path() -> None:
     assert s.KvmRun.exit.offset == 32
     assert s.KvmRun.s.offset == s.KVM_SYNC_REGS_OFFSET == 304
     assert kv._RUN_IO.size == ctypes.sizeof(s.ExitIo)
-    assert kv._REG_RIP == 304 + s.KvmRegs.rip.offset and kv._REG_RSP == 304 + s.KvmRegs.rsp.offset
-    assert kv._OFF_CS == 304 + ctypes.sizeof(s.KvmRegs) + s.KvmSregs.cs.offset
+    assert 304 + s.KvmRegs.rip.offset == kv._REG_RIP and 304 + s.KvmRegs.rsp.offset == kv._REG_RSP
+    assert 304 + ctypes.sizeof(s.KvmRegs) + s.KvmSregs.cs.offset == kv._OFF_CS
     assert kv._SEG.size == ctypes.sizeof(s.KvmSegment)
     assert ctypes.sizeof(s.KvmSyncRegs) == 144 + 312 + 64
     assert s.ExitMsr.index.offset + 32 == 44 and s.ExitMsr.data.offset + 32 == 48  # kvm.md §3.2

@@ -10,10 +10,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("names", nargs="*", help="benchmarks to run (default: all)")
     p.add_argument("--quick", action="store_true", help="shorter runs")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--kvm", action="store_true",
+                   help="the /dev/kvm exit-cost table instead: vmxlab vs a C VMM vs QEMU (vmxlab/kvm_bench.py)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "kvm", False):
+        from ..kvm_bench import main as kvm_main
+
+        return kvm_main(quick=args.quick, as_json=args.json)
     from ..benchmarks import main as bench_main
 
     return bench_main(args)

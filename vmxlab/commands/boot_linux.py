@@ -18,6 +18,8 @@ EMULATOR_FRIENDLY_CMDLINE); the rest are emulated by vmxlab (backends/kvm/insn_f
 from __future__ import annotations
 
 import argparse
+import codecs
+import contextlib
 import json
 import sys
 import time
@@ -39,6 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "bzimage: the bzImage's own 64-bit entry at 0x100000 + 0x200")
     p.add_argument("--run", metavar="CMD", help="run CMD in the guest's shell, then power off (needs vmxlab's "
                    "default /init; passed as VMXLAB_RUN on the kernel command line)")
+    p.add_argument("--send", metavar="TEXT", help="type TEXT at the first shell prompt (\\n for Enter), e.g. "
+                   "'uname -a; poweroff -f\\n' -- for scripts and tests; the terminal is not attached then")
     p.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds")
     p.add_argument("--no-pvm-workarounds", action="store_true",
                    help="do not add the kernel parameters for emulated ring 0 (added by default on PVM hosts)")
@@ -95,14 +99,21 @@ def boot(args: argparse.Namespace, echo: bool = True):
     try:
         vcpu.set_lint_for_pic()
         for index, value in BOOT_MSRS.items():  # one by one: a host may refuse some (PVM: TSC writes)
-            try:
+            with contextlib.suppress(OSError):
                 vcpu.set_msrs({index: value})
-            except OSError:
-                pass
         vcpu.apply_long_mode(lb.long_mode_state())
         vmm = InterimVmm(vcpu)
         uart = machine.devices["com1"]
-        attached = echo and not args.run and uart.attach_terminal()
+        send = getattr(args, "send", None)
+        if send:
+            text = codecs.decode(send, "unicode_escape").encode("latin-1")
+
+            def type_at_prompt(m) -> None:
+                if m.name == "shell-prompt":
+                    uart.feed(text)  # flow-controlled into the FIFO; IRQ 4 through KVM_IRQ_LINE
+
+            console.on_milestone = type_at_prompt
+        attached = echo and not args.run and not send and uart.attach_terminal()
         machine.input_attached = attached
         try:
             stop = vmm.run(None, args.timeout)

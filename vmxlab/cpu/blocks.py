@@ -31,7 +31,7 @@ class Block:
     """
 
     __slots__ = ("pa", "key", "ops", "eips", "n", "end_eip", "instrs", "ranges", "hits", "fast",
-                 "valid", "page2_la", "page2_pa", "nbytes")
+                 "valid", "page2_la", "page2_pa", "nbytes", "regions")
 
     def __init__(self, pa: int, key: int) -> None:
         self.pa = pa
@@ -51,6 +51,8 @@ class Block:
         #: for a block whose last instruction crosses into the next page: that page's linear/physical
         self.page2_la: int | None = None
         self.page2_pa: int | None = None
+        #: head blocks whose compiled region function includes this block's code
+        self.regions: list[Block] = []
 
     def overlaps(self, pa: int, size: int) -> bool:
         end = pa + size
@@ -69,6 +71,9 @@ class BlockCache:
         self.max_blocks = max_blocks
         self.blocks: dict[int, Block] = {}
         self.by_page: dict[int, list[Block]] = {}
+        #: per code page, a byte map of which bytes some block was decoded from (1 = code), so a
+        #: store next to code -- data in the same page -- is dismissed with one slice test
+        self.code_bytes: dict[int, bytearray] = {}
         self.memory.on_code_write = self._on_code_write
         self.translations = 0
         self.invalidations = 0
@@ -82,6 +87,12 @@ class BlockCache:
         self.blocks[blk.key] = blk
         new_page = False
         for start, end in blk.ranges:
+            page = start >> 12
+            mask = self.code_bytes.get(page)
+            if mask is None:
+                mask = self.code_bytes[page] = bytearray(4096)
+            lo, hi = start & 0xFFF, (end - 1 & 0xFFF) + 1
+            mask[lo:hi] = b"\x01" * (hi - lo)
             for page in range(start >> 12, ((end - 1) >> 12) + 1):
                 self.by_page.setdefault(page, []).append(blk)
                 if page not in self.memory.code_pages:
@@ -91,15 +102,22 @@ class BlockCache:
             self.cpu.tlb_drop_writes()
         self.translations += 1
 
-    def _on_code_write(self, page: int) -> None:
-        """A store outside the CPU (device, loader) touched a code page: drop that page's blocks."""
-        self.invalidate_page(page)
+    def _on_code_write(self, addr: int, size: int) -> None:
+        """A store touched a page holding code (a device, a loader, the CPU's slow path): drop exactly
+        the blocks whose bytes it overwrote -- data next to code in the same page stays cheap."""
+        self.invalidate_range(addr, size)
 
     def invalidate_range(self, pa: int, size: int) -> None:
         for page in range(pa >> 12, ((pa + size - 1) >> 12) + 1):
             blocks = self.by_page.get(page)
             if not blocks:
                 continue
+            mask = self.code_bytes.get(page)
+            if mask is not None:
+                lo = max(pa, page << 12) & 0xFFF
+                hi = min(pa + size, (page + 1) << 12) - (page << 12)
+                if not any(mask[lo:hi]):
+                    continue  # data beside code: no block was decoded from these bytes
             hit = [b for b in blocks if b.overlaps(pa, size)]
             for b in hit:
                 self._drop(b)
@@ -112,6 +130,9 @@ class BlockCache:
         if not blk.valid:
             return
         blk.valid = False
+        for head in blk.regions:  # compiled regions that inlined this block's code are stale too
+            head.fast = None
+            head.hits = 0
         self.invalidations += 1
         if self.blocks.get(blk.key) is blk:
             del self.blocks[blk.key]
@@ -123,6 +144,7 @@ class BlockCache:
                         lst.remove(blk)
                     if not lst:
                         del self.by_page[page]
+                        self.code_bytes.pop(page, None)
                         self.memory.code_pages.discard(page)
 
     def clear(self) -> None:
@@ -130,4 +152,5 @@ class BlockCache:
             blk.valid = False
         self.blocks.clear()
         self.by_page.clear()
+        self.code_bytes.clear()
         self.memory.code_pages.clear()

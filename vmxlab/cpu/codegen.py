@@ -32,10 +32,11 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from iced_x86 import Instruction, Mnemonic, OpKind, Register
+from iced_x86 import FlowControl, Instruction, Mnemonic, OpKind, Register
 
 from . import flags as fl
 from .faults import CpuFault, Vector
+from .ops import ENDS_BLOCK
 from .ops.operands import GPR, SREG, addr_size, op_size
 
 if TYPE_CHECKING:
@@ -165,7 +166,13 @@ class Compiler:
 
     def compile(self, blk: Block):
         try:
-            fn = BlockCompiler(blk).build()
+            members = region_members(blk, self.cpu.blocks.blocks)
+            if len(members) > 1 or blk.eips[0] in _successors(blk):
+                fn = BlockCompiler(blk).build_region(members)
+                for m in members:
+                    m.regions.append(blk)  # a change to any member's code must drop this function
+            else:
+                fn = BlockCompiler(blk).build()
         except Unsupported:
             fn = None
         if fn is None:
@@ -199,8 +206,13 @@ class BlockCompiler:
         self.consts: dict[str, object] = {}
         self.loop = False
         self.last_sets_eip = False
+        self.members: list[Block] = [blk]
+        #: global instruction index -> (member, index in member)
+        self.gmap: list[tuple[int, int]] = []
         #: instructions run by their ordinary handler: their partial effects are architectural
         self.fallbacks: set[int] = set()
+        #: (page local, frame local) of each memory-access site in a region
+        self.site_caches: list[tuple[str, str]] = []
 
     # ---------------------------------------------------------------- emit helpers
 
@@ -283,17 +295,35 @@ class BlockCompiler:
         self.emit(f"{dst} = cpu.rd{size * 8}({sreg}, {off})")
         return None
 
+    def _page(self, la: str, tlb: str) -> str:
+        """Emit the TLB lookup for ``la``; return the local holding the frame (None on a miss).
+
+        Inside a region (a loop) each access site keeps the last page it hit in two locals, so the
+        common case -- the same page as the previous iteration -- costs a compare instead of a
+        dict lookup.  The cache lives only for one call of the block function; no TLB entry can
+        disappear while the block runs (flushes end blocks; fallbacks reset the caches)."""
+        p = self.t("p")
+        if not self.loop:
+            self.emit(f"{p} = {tlb}.get({la} >> 12)")
+            return p
+        pg = self.t("pg")
+        self.site_caches.append((pg, p))
+        self.emit(f"if {la} >> 12 != {pg}:")
+        self.emit(f"    {p} = {tlb}.get({la} >> 12)")
+        self.emit(f"    {pg} = -1 if {p} is None else {la} >> 12")
+        return p
+
     def _read_la(self, la: str, size: int, dst: str, write_intent: bool = False) -> None:
         """A load through the TLB.  The load of a read-modify-write probes the write TLB and misses to
-        ``lread_rmw``, which translates with write intent (#PF with W = 1, SDM Vol.3A 4.7)."""
-        p = self.t("p")
+        ``lread_rmw``, which translates with write intent (#PF with W = 1, SDM Vol.3A 4.7).  Aligned
+        words and dwords use a memoryview of RAM (faster than struct); the rest take the slow path."""
         tlb, slow = ("tlb_w", "cpu.lread_rmw") if write_intent else ("tlb_r", "cpu.lread_slow")
-        self.emit(f"{p} = {tlb}.get({la} >> 12)")
+        p = self._page(la, tlb)
         if size == 1:
             self.emit(f"{dst} = ram[{p} | ({la} & 4095)] if {p} is not None else {slow}({la}, 1, user)")
         else:
-            self.emit(f"{dst} = U{size * 8}(ram, {p} | ({la} & 4095))[0] if {p} is not None and "
-                      f"({la} & 4095) <= {4096 - size} else {slow}({la}, {size}, user)")
+            self.emit(f"{dst} = ram{size * 8}[({p} | ({la} & 4095)) >> {size >> 1}] if {p} is not None and "
+                      f"not {la} & {size - 1} else {slow}({la}, {size}, user)")
 
     def mem_write(self, ins: Instruction, size: int, value: str, la: str | None = None) -> None:
         if size not in (1, 2, 4):
@@ -309,13 +339,12 @@ class BlockCompiler:
             self.emit(f"cpu.wr{size * 8}({SREG[ins.memory_segment]}, {self.ea(ins)}, {value})")
 
     def _write_la(self, la: str, size: int, value: str) -> None:
-        q = self.t("q")
-        self.emit(f"{q} = tlb_w.get({la} >> 12)")
+        q = self._page(la, "tlb_w")
         if size == 1:
             self.emit(f"if {q} is not None: ram[{q} | ({la} & 4095)] = {value}")
         else:
-            self.emit(f"if {q} is not None and ({la} & 4095) <= {4096 - size}: "
-                      f"P{size * 8}(ram, {q} | ({la} & 4095), {value})")
+            self.emit(f"if {q} is not None and not {la} & {size - 1}: "
+                      f"ram{size * 8}[({q} | ({la} & 4095)) >> {size >> 1}] = {value}")
         self.emit(f"else: cpu.lwrite_slow({la}, {size}, {value}, user)")
 
     def read_operand(self, ins: Instruction, i: int, size: int) -> str:
@@ -392,103 +421,125 @@ class BlockCompiler:
             self.last_sets_eip = True
         self.fallbacks.add(self.idx)
         self.emit(f"{h}(cpu)")
-        for r in range(8):  # the handler may have changed any register
+        for pg, _ in self.site_caches:  # the handler may have flushed TLB entries
+            self.emit(f"{pg} = -1")
+        for r in (range(8) if last else written_gprs(self.blk.instrs[i])):
             self.used.add(r)
             self.emit(f"g{r} = regs[{r}]")
         self.rec = CPU_FLAGS
 
     def build(self):
-        blk = self.blk
-        n = blk.n
-        last = blk.instrs[-1]
-        loop = (n > 1 and last.mnemonic in LOOPABLE and last.op_count == 1
-                and last.op0_kind in (OpKind.NEAR_BRANCH16, OpKind.NEAR_BRANCH32)
-                and last.near_branch_target == blk.eips[0])
-        if not self.generate(loop, set()):
+        """Compile the block alone (straight-line code)."""
+        if not self.generate_straight():
             return None
-        if loop:
-            # A register written late in the body is still newer than cpu.regs when the next
-            # iteration reaches a fallback handler: regenerate with those registers dirty at the head.
-            again = BlockCompiler(blk)
-            again.generate(True, set(self.ever_dirty))
-            return again.assemble()
-        return self.assemble()
+        return self.assemble_straight()
 
-    def generate(self, loop: bool, dirty_at_head: set[int]) -> bool:
-        """Emit the body; False if nothing could be compiled (the block stays on closures)."""
+    def generate_straight(self) -> bool:
         blk = self.blk
-        n = blk.n
-        self.loop = loop
+        translated = 0
+        self.members = [blk]
+        for i, ins in enumerate(blk.instrs):
+            self.idx = i
+            self.gmap.append((0, i))
+            self.rec_before.append(self.rec)
+            if self.translate(ins, i == blk.n - 1):
+                translated += 1
+            else:
+                self.fallback(i, i == blk.n - 1)
+        return translated > 0
+
+    # ---------------------------------------------------------------- regions (loops with branches)
+
+    def build_region(self, members: list[Block]):
+        """Compile several blocks of one page into one function that follows the guest's branches
+        between them without returning to the engine (registers stay in locals; flags travel in the
+        loop-carried locals lo/la_/lb/lr).  Generated twice: a register written in one member is
+        newer than cpu.regs when another member's fallback runs."""
+        first = BlockCompiler(members[0])
+        first.generate_region(members, set())
+        again = BlockCompiler(members[0])
+        again.generate_region(members, set(first.ever_dirty))
+        return again.assemble_region()
+
+    def generate_region(self, members: list[Block], dirty_at_head: set[int]) -> None:
+        self.loop = True
+        self.members = members
         self.dirty = set(dirty_at_head)
         self.ever_dirty = set(dirty_at_head)
         self.used |= dirty_at_head
-        if loop:
-            self.indent = 3
+        self.indent = 4
+        g = 0
+        self.member_lines: list[int] = []
+        for m, blk in enumerate(members):
+            self.blk = blk
+            self.member_lines.append(len(self.lines))
             self.rec = LOOP_HEAD
-        translated = 0
-        for i, ins in enumerate(blk.instrs):
-            self.idx = i
-            self.rec_before.append(self.rec)
-            is_last = i == n - 1
-            if loop and is_last:
-                self.loop_tail(ins)
-            elif self.translate(ins, is_last):
-                translated += 1
-            else:
-                self.fallback(i, is_last)
-        return translated > 0 or loop
+            for i, ins in enumerate(blk.instrs):
+                self.idx = g
+                self.gmap.append((m, i))
+                self.rec_before.append(self.rec)
+                if i == blk.n - 1:
+                    self.region_tail(ins, i)
+                elif not self.translate(ins, False):
+                    self.fallback(i, False)
+                g += 1
+        self.blk = members[0]
 
-    def loop_tail(self, ins: Instruction) -> None:
-        """The back edge of a self-loop: decide, count, and either iterate or leave under the budget."""
-        n = self.blk.n
+    def region_tail(self, ins: Instruction, i: int) -> None:
+        """A member's last instruction: compute ``pc``, count, hand the flags on; leave the region when
+        the instruction may have changed the mode (anything run by its ordinary handler)."""
+        blk = self.blk
+        n = blk.n
+        fall = blk.end_eip
+        kind = ins.op0_kind if ins.op_count else None
+        near = kind in (OpKind.NEAR_BRANCH16, OpKind.NEAR_BRANCH32)
+        leave = False
         m = ins.mnemonic
-        if m == Mnemonic.JMP:
-            taken = "True"
-        elif m == Mnemonic.LOOP:
+        if near and m == Mnemonic.JMP:
+            self._pc(str(ins.near_branch_target))
+        elif near and ins.condition_code and m != Mnemonic.LOOP and m in LOOPABLE:
+            c = self.t("c")
+            self.emit(f"{c} = {ins.near_branch_target} if {cond_expr(ins.condition_code - 1, self.rec)} else {fall}")
+            self._pc(c)
+        elif near and m == Mnemonic.LOOP:
             amask = 0xFFFF if ins.op_code().address_size == 16 else M32
             c = self.t("c")
             self.used.add(1)
             self.emit(f"{c} = (g1 - 1) & {amask}")
             self.set_r("g1", f"(g1 & {M32 & ~amask}) | {c}", 1)
-            taken = f"{c} != 0"
+            self.emit(f"pc = {ins.near_branch_target} if {c} != 0 else {fall}")
+        elif m in (Mnemonic.CALL, Mnemonic.RET) and self.translate(ins, True):
+            self.emit("pc = cpu.eip")
+        elif ins.flow_control == FlowControl.NEXT and not getattr(blk.ops[i], "ends_block", False) \
+                and ins.mnemonic not in ENDS_BLOCK and self.translate(ins, False):
+            self.emit(f"pc = {fall}")
         else:
-            taken = cond_expr(ins.condition_code - 1, self.rec)
+            self.fallback(i, True)
+            self.emit("pc = cpu.eip")
+            leave = True
         self.emit(f"n += {n}")
         self.emit(f"lo, la_, lb, lr = {rec_tuple(self.rec)}")
-        self.emit(f"if not ({taken}):")
-        self.emit(f"    cpu.eip = {self.blk.end_eip}")
-        self.emit("    break")
-        self.emit(f"if n + {n} > budget:")
-        self.emit(f"    cpu.eip = {self.blk.eips[0]}")
-        self.emit("    break")
-        # after the loop the record is the carried one
-        self.rec = LOOP_HEAD
+        if leave:
+            self.emit("break")
 
-    def assemble(self):
-        blk = self.blk
-        n = blk.n
+    def _pc(self, target: str) -> None:
+        if not self.flat:
+            self.emit(f"if {target} > cpu.segs[1].hi: _limit_fault({target})")
+        self.emit(f"pc = {target}")
+
+    def _fixer(self, rec: FlagRec):
+        return flag_fixer(rec)
+
+    def _prologue(self) -> list[str]:
         out = ["def block(cpu, budget):", "    regs = cpu.regs", "    ram = cpu.ram",
-               "    tlb_r = cpu.tlb_r", "    tlb_w = cpu.tlb_w", "    user = cpu.cpl == 3"]
+               "    ram16, ram32 = cpu.ram16, cpu.ram32", "    tlb_r = cpu.tlb_r", "    tlb_w = cpu.tlb_w",
+               "    user = cpu.cpl == 3"]
         used = sorted(self.used)
         if used:
             out.append("    " + ", ".join(f"g{r}" for r in used) + " = " + ", ".join(f"regs[{r}]" for r in used))
-        if self.loop:
-            out.append("    n = 0")
-            out.append("    lo, la_, lb, lr = cpu.cc_op, cpu.cc_a, cpu.cc_b, cpu.cc_res")
-        out.append("    try:")
-        if self.loop:
-            out.append("        while True:")
-        lines: dict[int, int] = {}
-        for idx, text in self.lines:
-            out.append(text)
-            lines[len(out)] = idx
-        for r in sorted(self.ever_dirty):
-            out.append(f"        regs[{r}] = g{r}")
-        for line in store_lines(self.rec):
-            out.append("        " + line)
-        if not self.loop and not self.last_sets_eip:
-            out.append(f"        cpu.eip = {blk.end_eip}")
-        out.append("        return n" if self.loop else f"        return {n}")
+        return out
+
+    def _fault_path(self, out: list[str], count: str) -> None:
         out.append("    except BaseException as e:")
         out.append("        i = LINES.get(e.__traceback__.tb_lineno, 0)")
         # A fallback handler was called with registers and flags already in the CPU, and the
@@ -499,19 +550,114 @@ class BlockCompiler:
             out.append(f"            regs[{r}] = g{r}")
         out.append("            FIXFLAGS[i](cpu, locals())")
         out.append("        cpu.eip = EIPS[i]")
-        out.append("        cpu.icount += " + ("n + i" if self.loop else "i"))
+        out.append(f"        cpu.icount += {count}")
         out.append("        raise")
+
+    def _finish(self, out: list[str], lines: dict[int, int]):
         src = "\n".join(out) + "\n"
         g = dict(GLOBALS)
         g.update(self.consts)
         g["LINES"] = lines
-        g["EIPS"] = list(blk.eips)
-        g["FIXFLAGS"] = [flag_fixer(rec) for rec in self.rec_before]
+        g["EIPS"] = [self.members[m].eips[i] for m, i in self.gmap]
+        g["INDEX"] = [i for _, i in self.gmap]
+        g["FIXFLAGS"] = [self._fixer(rec) for rec in self.rec_before]
         g["FALLBACKS"] = frozenset(self.fallbacks)
-        exec(compile(src, f"<block {blk.pa:#x}>", "exec"), g)  # noqa: S102 - generated from decoded code
+        exec(compile(src, f"<block {self.members[0].pa:#x}>", "exec"), g)  # noqa: S102 - generated from decoded code
         fn = g["block"]
         fn.source = src  # for debugging: print(blk.fast.source)
         return fn
+
+    def assemble_straight(self):
+        out = self._prologue()
+        out.append("    try:")
+        lines: dict[int, int] = {}
+        for idx, text in self.lines:
+            out.append(text)
+            lines[len(out)] = idx
+        for r in sorted(self.ever_dirty):
+            out.append(f"        regs[{r}] = g{r}")
+        for line in store_lines(self.rec):
+            out.append("        " + line)
+        if not self.last_sets_eip:
+            out.append(f"        cpu.eip = {self.blk.end_eip}")
+        out.append(f"        return {self.blk.n}")
+        self._fault_path(out, "i")
+        return self._finish(out, lines)
+
+    def assemble_region(self):
+        members = self.members
+        out = self._prologue()
+        out.append("    n = 0")
+        out.append(f"    limit = budget - {max(b.n for b in members)}")
+        for pg, p in self.site_caches:
+            out.append(f"    {pg} = -1")
+            out.append(f"    {p} = None")
+        out.append("    lo, la_, lb, lr = cpu.cc_op, cpu.cc_a, cpu.cc_b, cpu.cc_res")
+        out.append(f"    pc = {members[0].eips[0]}")
+        out.append("    try:")
+        out.append("        while True:")
+        out.append("            if n > limit and n:")
+        out.append("                break")
+        lines: dict[int, int] = {}
+        starts = set(self.member_lines)
+        m = 0
+        for k, (idx, text) in enumerate(self.lines):
+            if k in starts:
+                kw = "if" if m == 0 else "elif"
+                out.append(f"            {kw} pc == {members[m].eips[0]}:")
+                m += 1
+            out.append(text)
+            lines[len(out)] = idx
+        out.append("            else:")
+        out.append("                break")
+        out.append("        cpu.eip = pc")
+        for r in sorted(self.ever_dirty):
+            out.append(f"        regs[{r}] = g{r}")
+        out.append("        cpu.cc_op, cpu.cc_a, cpu.cc_b, cpu.cc_res = lo, la_, lb, lr")
+        out.append("        return n")
+        self._fault_path(out, "n + INDEX[i]")
+        return self._finish(out, lines)
+
+
+def region_members(head: Block, blocks: dict[int, Block], max_members: int = 16, min_hits: int = 4) -> list[Block]:
+    """The blocks a hot block's code can branch to and that are worth compiling with it: near jumps and
+    fall-throughs within the head's page (so EIP and physical address keep their offset), already
+    translated for the same mode and run a few times."""
+    page_eip = head.eips[0] & ~0xFFF
+    members = [head]
+    seen = {head.eips[0]}
+    i = 0
+    while i < len(members) and len(members) < max_members:
+        blk = members[i]
+        i += 1
+        for target in _successors(blk):
+            if target in seen or target & ~0xFFF != page_eip:
+                continue
+            seen.add(target)
+            pa = head.pa + (target - head.eips[0])
+            cand = blocks.get(pa << 3 | (head.key & 7))  # Block.key = pa << 3 | mode key
+            if cand is None or not cand.valid or cand.eips[0] != target or cand.page2_la is not None \
+                    or cand.hits < min_hits:
+                continue
+            members.append(cand)
+    return members
+
+
+def _successors(blk: Block) -> list[int]:
+    ins = blk.instrs[-1]
+    near = ins.op_count and ins.op0_kind in (OpKind.NEAR_BRANCH16, OpKind.NEAR_BRANCH32)
+    m = ins.mnemonic
+    if near and m == Mnemonic.JMP:
+        return [ins.near_branch_target]
+    if near and (m in LOOPABLE or m == Mnemonic.LOOP):
+        return [ins.near_branch_target, blk.end_eip]
+    if near and m == Mnemonic.CALL:
+        return [ins.near_branch_target]
+    if ins.flow_control == FlowControl.NEXT:
+        return [blk.end_eip]
+    return []
+
+
 
 
 def rec_tuple(rec: FlagRec) -> str:
@@ -612,6 +758,9 @@ _ALU = {
 
 @template("ADD", "SUB", "CMP", "AND", "OR", "XOR", "TEST")
 def t_alu(bc: BlockCompiler, ins: Instruction, last: bool) -> None:
+    """dest OP src with a lazy flag record.  The record's locals (a, b, r) are assigned only after
+    everything that can fault, so a fault -- or a self-modifying store -- never leaves a record
+    describing a half-executed instruction (the fault path writes the previous record back)."""
     sym, kind, writes = _ALU[ins.mnemonic]
     if not _gpr_or_mem(ins, 0):
         raise Unsupported()
@@ -620,58 +769,59 @@ def t_alu(bc: BlockCompiler, ins: Instruction, last: bool) -> None:
     a, b, r = bc.t("a"), bc.t("b"), bc.t("r")
     la = None
     if ins.op0_kind == OpKind.MEMORY:
-        la = bc.mem_read(ins, size, a, for_write=writes)
+        av = bc.t("ma")
+        la = bc.mem_read(ins, size, av, for_write=writes)
     else:
-        bc.emit(f"{a} = {bc.reg_read(ins.op_register(0))}")
-    bc.emit(f"{b} = {bc.read_operand(ins, 1, size)}")
-    if kind == fl.K_LOGIC:
-        bc.emit(f"{r} = {a} {sym} {b}")
+        av = bc.reg_read(ins.op_register(0))
+    bv = bc.read_operand(ins, 1, size)
+    res = f"{av} {sym} {bv}" if kind == fl.K_LOGIC else f"({av} {sym} {bv}) & {mask}"
+    if writes and ins.op0_kind == OpKind.MEMORY:
+        rv = bc.t("mr")
+        bc.emit(f"{rv} = {res}")
+        bc.mem_write(ins, size, rv, la)
+        bc.emit(f"{a}, {b}, {r} = {av}, {bv}, {rv}")
     else:
-        bc.emit(f"{r} = ({a} {sym} {b}) & {mask}")
-    if writes:
-        if ins.op0_kind == OpKind.MEMORY:
-            bc.mem_write(ins, size, r, la)
-        else:
+        bc.emit(f"{a} = {av}")
+        bc.emit(f"{b} = {bv}")
+        bc.emit(f"{r} = {a} {sym} {b}" if kind == fl.K_LOGIC else f"{r} = ({a} {sym} {b}) & {mask}")
+        if writes:
             bc.reg_write(ins.op_register(0), r)
     bc.rec = FlagRec(op=fl.op(kind, size), a=a, b=b, res=r)
+
+
+def _unary_rmw(bc: BlockCompiler, ins: Instruction, expr: str) -> tuple[str, str]:
+    """Load the operand, compute ``expr`` (with {a} for the old value), store it; return (a, r) locals,
+    assigned after the store so a fault leaves no half-done record."""
+    size = op_size(ins, 0)
+    a, r = bc.t("a"), bc.t("r")
+    if ins.op0_kind == OpKind.MEMORY:
+        av, rv = bc.t("ma"), bc.t("mr")
+        la = bc.mem_read(ins, size, av, for_write=True)
+        bc.emit(f"{rv} = {expr.format(a=av)} & {MASKS[size]}")
+        bc.mem_write(ins, size, rv, la)
+        bc.emit(f"{a}, {r} = {av}, {rv}")
+    else:
+        bc.emit(f"{a} = {bc.reg_read(ins.op_register(0))}")
+        bc.emit(f"{r} = {expr.format(a=a)} & {MASKS[size]}")
+        bc.reg_write(ins.op_register(0), r)
+    return a, r
 
 
 @template("INC", "DEC")
 def t_incdec(bc: BlockCompiler, ins: Instruction, last: bool) -> None:
     inc = ins.mnemonic == Mnemonic.INC
-    size = op_size(ins, 0)
-    a, r = bc.t("a"), bc.t("r")
-    la = None
-    if ins.op0_kind == OpKind.MEMORY:
-        la = bc.mem_read(ins, size, a, for_write=True)
-    else:
-        bc.emit(f"{a} = {bc.reg_read(ins.op_register(0))}")
-    bc.emit(f"{r} = ({a} {'+' if inc else '-'} 1) & {MASKS[size]}")
-    if ins.op0_kind == OpKind.MEMORY:
-        bc.mem_write(ins, size, r, la)
-    else:
-        bc.reg_write(ins.op_register(0), r)
+    a, r = _unary_rmw(bc, ins, "({a} + 1)" if inc else "({a} - 1)")
     prev = bc.rec
     cf_src = prev.cf if prev.kind in (fl.K_INC, fl.K_DEC) and prev.cf is not None else prev
-    bc.rec = FlagRec(op=fl.op(fl.K_INC if inc else fl.K_DEC, size), a=a, b="0", res=r, cf=cf_src)
+    bc.rec = FlagRec(op=fl.op(fl.K_INC if inc else fl.K_DEC, op_size(ins, 0)), a=a, b="0", res=r, cf=cf_src)
 
 
 @template("NEG", "NOT")
 def t_negnot(bc: BlockCompiler, ins: Instruction, last: bool) -> None:
-    size = op_size(ins, 0)
-    a, r = bc.t("a"), bc.t("r")
-    la = None
-    if ins.op0_kind == OpKind.MEMORY:
-        la = bc.mem_read(ins, size, a, for_write=True)
-    else:
-        bc.emit(f"{a} = {bc.reg_read(ins.op_register(0))}")
-    bc.emit(f"{r} = {'-' if ins.mnemonic == Mnemonic.NEG else '~'}{a} & {MASKS[size]}")
-    if ins.op0_kind == OpKind.MEMORY:
-        bc.mem_write(ins, size, r, la)
-    else:
-        bc.reg_write(ins.op_register(0), r)
-    if ins.mnemonic == Mnemonic.NEG:
-        bc.rec = FlagRec(op=fl.op(fl.K_SUB, size), a="0", b=a, res=r)
+    neg = ins.mnemonic == Mnemonic.NEG
+    a, r = _unary_rmw(bc, ins, "-{a}" if neg else "~{a}")
+    if neg:
+        bc.rec = FlagRec(op=fl.op(fl.K_SUB, op_size(ins, 0)), a="0", b=a, res=r)
 
 
 @template("XCHG")
@@ -750,6 +900,51 @@ def t_ret(bc: BlockCompiler, ins: Instruction, last: bool) -> None:
     bc.set_r("g4", f"(g4 + {4 + extra}) & {M32}", 4)
     bc.emit(f"cpu.eip = {v}")
     bc.last_sets_eip = True
+
+
+_INFO = None
+_WRITES = None
+
+
+def written_gprs(ins: Instruction) -> list[int]:
+    """The general-purpose registers an instruction in the middle of a block may write (iced's
+    register-usage info, implicit operands included), so a fallback call reloads only those.  A
+    block's last instruction may transfer control anywhere (a task switch loads every register):
+    its fallback reloads all of them."""
+    global _INFO, _WRITES
+    if _INFO is None:
+        from iced_x86 import InstructionInfoFactory, OpAccess
+
+        _INFO = InstructionInfoFactory()
+        _WRITES = {OpAccess.WRITE, OpAccess.COND_WRITE, OpAccess.READ_WRITE, OpAccess.READ_COND_WRITE}
+    regs = {GPR[u.register][0] for u in _INFO.info(ins).used_registers() if u.access in _WRITES and u.register in GPR}
+    return sorted(regs)
+
+
+@template("SHL", "SAL", "SHR", "SAR", "ROL", "ROR")
+def t_shift_imm(bc: BlockCompiler, ins: Instruction, last: bool) -> None:
+    """Shift/rotate of a register by a non-zero immediate: the interp engine's own operation function
+    (ops/shift.py, where the undefined-flag choices live) called inline, without the register
+    synchronisation a fallback needs.  Rotates read the old flags, so the record is stored first."""
+    from .ops.shift import _OPS
+
+    if ins.op0_kind != OpKind.REGISTER or ins.op1_kind not in (OpKind.IMMEDIATE8,) and ins.op_count == 2:
+        raise Unsupported()
+    if ins.op_count != 2 or ins.op1_kind != OpKind.IMMEDIATE8:
+        raise Unsupported()
+    n = ins.immediate8 & 0x1F
+    if n == 0:
+        raise Unsupported()
+    size = op_size(ins, 0)
+    fn = bc.const(_OPS[ins.mnemonic](size, True))
+    if ins.mnemonic in (Mnemonic.ROL, Mnemonic.ROR):
+        for line in store_lines(bc.rec):
+            bc.emit(line)
+        bc.rec = CPU_FLAGS
+    r, f = bc.t("r"), bc.t("f")
+    bc.emit(f"{r}, {f} = {fn}({bc.reg_read(ins.op_register(0))}, {n}, cpu)")
+    bc.reg_write(ins.op_register(0), r)
+    bc.rec = FlagRec(op=fl.K_FLAGS << 2, a="0", b="0", res=f)
 
 
 LOOPABLE = {Mnemonic.JMP, Mnemonic.LOOP} | {

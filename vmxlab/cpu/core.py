@@ -73,6 +73,9 @@ class CPU:
         self.machine = machine
         self.memory = machine.memory
         self.ram = machine.memory.ram
+        # word views of RAM for aligned accesses in compiled blocks (faster than struct, codegen.py)
+        self.ram16 = memoryview(self.ram).cast("H")
+        self.ram32 = memoryview(self.ram).cast("I")
         self.ram_pages = machine.memory.size >> 12
         machine.clock.icount_fn = lambda: self.icount + self.idle_ticks
         machine.on_a20_change = self._a20_changed

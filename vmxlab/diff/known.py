@@ -49,27 +49,27 @@ def _rmw_pf_write_bit(program: Program, hw: Outcome, sw: Outcome, diffs: list[Di
 
 def _cmps_access_order(program: Program, hw: Outcome, sw: Outcome, diffs: list[Difference]) -> bool:
     """CMPS faults on both operands: hardware reports ES:EDI (it loads the destination operand first, as
-    QEMU's gen_cmps does), vmxlab reports DS:ESI."""
-    if not (hw.fault and sw.fault and hw.fault.vector == sw.fault.vector == 14
-            and hw.fault.index == sw.fault.index):
+    QEMU's gen_cmps does), vmxlab reports DS:ESI (a #PF, or the #GP of a DS:ESI access across 4 GiB)."""
+    hf, sf = hw.fault, sw.fault
+    if not (hf and sf and hf.vector == 14 and hf.index == sf.index and hf.cr2 is not None):
         return False
-    insn = _insn_at(program, hw.fault.index)
-    edi, esi = hw.regs[7], hw.regs[6]
-    return (insn is not None and _mnemonic(insn).startswith("CMPS")
-            and {d.what for d in diffs} <= {"CR2", "error code"}
-            and hw.fault.cr2 is not None and sw.fault.cr2 is not None
-            and abs(hw.fault.cr2 - edi) < 4 and abs(sw.fault.cr2 - esi) < 4)
+    insn = _insn_at(program, hf.index)
+    if insn is None or not _mnemonic(insn).startswith("CMPS") or abs(hf.cr2 - hw.regs[7]) >= 4:
+        return False
+    if sf.vector == 14:
+        return sf.cr2 is not None and abs(sf.cr2 - hw.regs[6]) < 4
+    return sf.vector in (12, 13) and hw.regs[6] >= 0xFFFFFFF9
 
 
 def _straddles_4g(program: Program, hw: Outcome, sw: Outcome, diffs: list[Difference]) -> bool:
     """An access that straddles the 4 GiB boundary (a dword at 0xFFFFFFFF) through a flat segment with
-    limit 0xFFFFFFFF: vmxlab raises #GP(0) by the limit rule of SDM Vol.3A 5.3 ("a doubleword at an
+    limit 0xFFFFFFFF: vmxlab raises #GP(0) (#SS(0) for SS) by the limit rule of SDM Vol.3A 5.3 ("a doubleword at an
     offset greater than the effective limit - 3"), but the hardware does not check it -- in real 32-bit
     code (the native32 target, compatibility mode) the access goes ahead and faults #PF on its first
     byte (Bochs skips limit checks for 4-GiB segments for the same reason)."""
     f = hw.fault if hw.fault and hw.fault.vector == 14 else None
     return f is not None and f.cr2 is not None and f.cr2 >= 0xFFFFFFF9 and bool(sw.fault) and \
-        sw.fault.vector == 13  # type: ignore[union-attr]
+        sw.fault.vector in (12, 13)  # type: ignore[union-attr]  # #SS through SS (EBP/ESP bases), else #GP
 
 
 @dataclass(frozen=True)

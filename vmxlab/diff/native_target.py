@@ -48,8 +48,10 @@ USER32_CS = 0x23  # Linux x86-64 GDT (arch/x86/include/asm/segment.h): __USER32_
 USER_DS = 0x2B  # __USER_DS
 USER_CS = 0x33  # __USER_CS
 
-STUB = 0x1E0000  # the 64/32-bit trampolines and the signal handler (r-x)
-CTX = 0x1E1000  # the context block (rw); the page after it is the trampolines' stack
+# The worker's own pages, far from every address the layout uses (programs compute addresses, and
+# boundary values like 0x7FFFFFFF or 0xFFFFFFFF must not land here); compare.py ignores faults here.
+STUB = 0x5EEE0000  # the trampolines and the signal handler (r-x); below 2 GiB: 64-bit disp32 is signed
+CTX = STUB + 0x1000  # the context block (rw); the page after it is the trampolines' stack
 TMPSTACK = CTX + 2 * L.PAGE
 
 # ucontext_t on x86-64 (glibc sys/ucontext.h): uc_mcontext.gregs[] at byte 40; gregs indices
@@ -350,6 +352,8 @@ class Native32Target:
     bitness = 32
     #: the region below 1 MiB is not present here (supervisor-only on the other targets)
     supervisor_absent = True
+    #: pages of the worker itself: an access there is not comparable
+    private = ((STUB, STUB + 4 * L.PAGE),)
     timeout_s = 5.0
 
     def __init__(self) -> None:

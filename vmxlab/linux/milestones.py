@@ -9,6 +9,7 @@ by the opt-in boot test, and for the figures in docs/kvm.md.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..machine.machine import Console
@@ -50,6 +51,8 @@ class MilestoneConsole(Console):
         self.reached: list[Milestone] = []
         self._tail = b""
         self._seen: set[str] = set()
+        #: called with each milestone as it is reached (e.g. to type at the shell prompt)
+        self.on_milestone: Callable[[Milestone], None] | None = None
 
     def write(self, data: bytes, channel: str = "console") -> None:
         super().write(data, channel)
@@ -57,7 +60,10 @@ class MilestoneConsole(Console):
         for name, text in MILESTONES:
             if name not in self._seen and text.encode() in window:
                 self._seen.add(name)
-                self.reached.append(Milestone(name, text, time.monotonic() - self.t0))
+                m = Milestone(name, text, time.monotonic() - self.t0)
+                self.reached.append(m)
+                if self.on_milestone is not None:
+                    self.on_milestone(m)
         self._tail = window[-96:]
 
     def last(self) -> Milestone | None:

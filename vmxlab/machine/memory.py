@@ -83,10 +83,15 @@ class PhysicalMemory:
         #: physical page numbers that hold translated code (maintained by the CPU)
         self.code_pages: set[int] = set()
         #: called with a physical page number when something writes into a code page
-        self.on_code_write: Callable[[int], None] | None = None
+        #: (called as on_code_write(addr, size): the block cache drops exactly the overlapping blocks)
+        self.on_code_write: Callable[[int, int], None] | None = None
         #: counters of accesses that no region claimed, for the trace and tests
         self.unbacked_reads = 0
         self.unbacked_writes = 0
+        #: trace hook, called as on_mmio(addr, size, is_write, value, region name or None) for every access
+        #: that is not RAM or ROM (MMIO regions and unbacked addresses).  None = off: RAM accesses never
+        #: come here, and the MMIO slow path pays one attribute test
+        self.on_mmio: Callable[[int, int, bool, int, str | None], None] | None = None
 
     def use_buffer(self, buffer: bytearray | mmap.mmap) -> None:
         """Move RAM into ``buffer`` (same size), copying what is there, and use it from now on.
@@ -149,10 +154,15 @@ class PhysicalMemory:
         region = self.region_at(addr)
         if region is not None and addr + size <= region.end:
             if isinstance(region, MmioRegion):
-                return region.device.mmio_read(addr, size)
+                value = region.device.mmio_read(addr, size)
+                if self.on_mmio is not None:
+                    self.on_mmio(addr, size, False, value, region.name)
+                return value
             return int.from_bytes(region.data[addr - region.start : addr - region.start + size], "little")
         if region is None and addr >= self.size:
             self.unbacked_reads += 1
+            if self.on_mmio is not None:
+                self.on_mmio(addr, size, False, _ONES[size], None)
             return _ONES[size]
         # straddles two regions: assemble byte by byte
         value = 0
@@ -171,9 +181,13 @@ class PhysicalMemory:
         if region is not None and addr + size <= region.end:
             if isinstance(region, MmioRegion):
                 region.device.mmio_write(addr, size, value & _ONES[size])
+                if self.on_mmio is not None:
+                    self.on_mmio(addr, size, True, value & _ONES[size], region.name)
             return  # ROM: writes are dropped
         if region is None and addr >= self.size:
             self.unbacked_writes += 1
+            if self.on_mmio is not None:
+                self.on_mmio(addr, size, True, value & _ONES[size], None)
             return
         for i in range(size):
             self.write(addr + i, 1, (value >> (8 * i)) & 0xFF)
@@ -195,8 +209,10 @@ class PhysicalMemory:
             self.write(addr + i, 1, b)
 
     def _note_write(self, addr: int, n: int) -> None:
-        first = addr >> PAGE_SHIFT
-        last = (addr + n - 1) >> PAGE_SHIFT
-        for page in range(first, last + 1):
-            if page in self.code_pages and self.on_code_write is not None:
-                self.on_code_write(page)
+        if self.on_code_write is None:
+            return
+        code = self.code_pages
+        for page in range(addr >> PAGE_SHIFT, ((addr + n - 1) >> PAGE_SHIFT) + 1):
+            if page in code:
+                self.on_code_write(addr, n)
+                return

@@ -9,15 +9,23 @@ plain dicts so they serialise to JSON Lines unchanged:
 Kinds:
 * ``ring``       CPL changed (``from``, ``to``)
 * ``exception``  an exception or interrupt is delivered (``vector``, ``name``, ``error_code``, ``event``
-                 = external/nmi/hardware-exception/software-interrupt/..., ``from_cpl``)
+                 = external/nmi/hardware-exception/software-interrupt/..., ``from_cpl``, ``to_cpl`` = the
+                 CPL of the handler, or None when the delivery itself faulted)
 * ``fault``      an instruction raised a fault (``vector``, ``error_code``, ``detail``) -- before delivery
 * ``page-fault`` #PF details (``cr2``, ``error_code`` decoded)
 * ``vm-entry``   VMLAUNCH/VMRESUME entered the guest (``launch``)
 * ``vm-exit``    a VM exit (``reason``, ``reason_name``, ``qualification``, ``fields`` decoded, ``guest``)
 * ``vm-entry-failure`` the entry failed (``error`` or ``reason``, ``check``, ``field``, ``value``, ``sdm``)
 * ``io``         port I/O (``port``, ``size``, ``dir``, ``value``, ``claimed``)
-* ``mmio``       an MMIO access (``addr``, ``size``, ``dir``, ``value``)
+* ``mmio``       a physical access outside RAM (``addr``, ``size``, ``dir``, ``value``, ``device`` = the MMIO
+                 region's name, None for unbacked addresses, which read as all ones)
+* ``task-switch`` a hardware task switch (``from_tr``, ``to_tr``, ``source`` = call/jmp/iret/gate)
 * ``stop``       the run ended (``reason``, ``detail``)
+
+The VMX mode of an event is ``none`` (no VMX operation: bare metal), ``non-root``
+(the guest runs) or ``root`` (the Python VMM: between a VM exit and the next VM
+entry, e.g. the port access of an emulated IN).  Sites that know better pass
+``vmx=`` explicitly (vmx/api.py does for entries and exits).
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ if TYPE_CHECKING:
     from ..cpu.core import CPU
 
 KINDS = ("ring", "exception", "fault", "page-fault", "vm-entry", "vm-exit", "vm-entry-failure", "io", "mmio",
-         "stop", "note")
+         "task-switch", "stop", "note")
 
 EVENT_KIND_NAMES = {0: "external", 2: "nmi", 3: "hardware-exception", 4: "software-interrupt",
                     5: "privileged-software-exception", 6: "software-exception"}
@@ -67,6 +75,10 @@ class Tracer:
         self.count = 0
         self.by_kind: dict[str, int] = {}
         self._last_cpl = 0
+        #: True once a VM entry was seen: outside non-root operation the CPU is then in VMX root
+        self.in_vmx_operation = False
+        #: an exception event held back until its delivery finished, so that it can say ``to_cpl``
+        self._pending: dict[str, Any] | None = None
 
     def attach(self, cpu: CPU) -> None:
         self.cpu = cpu
@@ -75,33 +87,77 @@ class Tracer:
         ports = cpu.machine.ports
         if "io" in self.kinds:
             ports.on_access = self._io
+            # under the VMM the machine's bus sits behind the VMM's (vmm/vm.py VmmPorts): hook the bus
+            # the devices are on, so accesses the VMM makes for the guest are seen too
+            inner = getattr(ports, "inner", None)
+            if inner is not None:
+                inner.on_access = self._io
+        if "mmio" in self.kinds:
+            cpu.memory.on_mmio = self._mmio
 
     # ------------------------------------------------------------------ core
 
     def vmx_mode(self) -> str:
+        """none / non-root / root: the second axis next to the CPL (see the module docstring)."""
         cpu = self.cpu
-        if cpu is None or cpu.vmx is None:
-            return "none"
-        return "non-root"
+        if cpu is not None and cpu.vmx is not None:
+            return "non-root"
+        return "root" if self.in_vmx_operation else "none"
 
     def emit(self, kind: str, **fields: Any) -> None:
         self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
+        if kind == "vm-entry":
+            self.in_vmx_operation = True
         if kind not in self.kinds:
             return
+        ev = self._event(kind, fields)
+        self._flush_pending(ev)
+        self._dispatch(ev)
+
+    def _event(self, kind: str, fields: dict[str, Any]) -> dict[str, Any]:
         cpu = self.cpu
         ev: dict[str, Any] = {"kind": kind}
         if cpu is not None:
             ev["icount"] = cpu.icount
             ev["eip"] = cpu.eip
             ev["cs"] = cpu.segs[1].selector
-            ev["cpl"] = cpu.cpl
-            ev["vmx"] = fields.pop("vmx", None) or self.vmx_mode()
+            mode = ev["vmx"] = fields.pop("vmx", None) or self.vmx_mode()
+            # the Python VMM is the ring-0 software of VMX root operation; the CPU object still holds
+            # the guest's registers then, so its CPL is the guest's (kept as guest_cpl)
+            ev["cpl"] = 0 if mode == "root" else cpu.cpl
+            if mode == "root":
+                ev["guest_cpl"] = cpu.cpl
         ev.update(fields)
+        return ev
+
+    def _dispatch(self, ev: dict[str, Any]) -> None:
         self.count += 1
         for sink in self.sinks:
             sink(ev)
 
+    def _flush_pending(self, following: dict[str, Any] | None) -> None:
+        """Send the held-back exception event, completing ``to_cpl``: the CPL the next ring event
+        reports, else the current CPL if the delivery finished (``cpu.delivering`` cleared), else
+        None (the delivery faulted: a nested fault, a VM exit, or a triple fault followed)."""
+        pending = self._pending
+        if pending is None:
+            return
+        self._pending = None
+        cpu = self.cpu
+        if following is not None and following["kind"] == "ring":
+            pending["to_cpl"] = following["to"]
+        elif cpu is not None and cpu.delivering is None:
+            pending["to_cpl"] = cpu.cpl
+        else:
+            pending["to_cpl"] = None
+        self._dispatch(pending)
+
+    def flush(self) -> None:
+        """Send anything held back (call before reading a sink's events mid-run)."""
+        self._flush_pending(None)
+
     def close(self) -> None:
+        self.flush()
         for sink in self.sinks:
             close = getattr(sink, "close", None)
             if close is not None:
@@ -127,7 +183,16 @@ class Tracer:
         if error_code is not None:
             fields["error_fields"] = (pf_error_code_fields(error_code) if vector == 14
                                       else selector_error_code_fields(error_code))
-        self.emit("exception", **fields)
+        self.by_kind["exception"] = self.by_kind.get("exception", 0) + 1
+        if "exception" not in self.kinds:
+            return
+        ev = self._event("exception", fields)
+        self._flush_pending(ev)
+        self._pending = ev  # sent with to_cpl once the delivery finished (see _flush_pending)
+
+    def task_switch(self, cpu: CPU, old_selector: int, new_selector: int, source: str) -> None:
+        """Called by cpu/tasks.py after a hardware task switch (SDM Vol.3A 7.3)."""
+        self.emit("task-switch", from_tr=old_selector, to_tr=new_selector, source=source)
 
     def fault(self, cpu: CPU, f: Any) -> None:
         self.emit("fault", vector=f.vector, name=MNEMONICS.get(f.vector, str(f.vector)), error_code=f.error_code,
@@ -139,6 +204,9 @@ class Tracer:
     def _io(self, port: int, size: int, is_write: bool, value: int) -> None:
         claimed = self.cpu.machine.ports.device_at(port) is not None if self.cpu else True
         self.emit("io", port=port, size=size, dir="out" if is_write else "in", value=value, claimed=claimed)
+
+    def _mmio(self, addr: int, size: int, is_write: bool, value: int, device: str | None) -> None:
+        self.emit("mmio", addr=addr, size=size, dir="write" if is_write else "read", value=value, device=device)
 
 
 class ListSink:

@@ -90,7 +90,8 @@ class LiveSink:
     """``--show``: one compact line per ring/mode change, exception and VM exit, coloured on a terminal."""
 
     COLORS = {"ring": "cyan", "exception": "yellow", "fault": "red", "vm-exit": "magenta", "vm-entry": "green",
-              "vm-entry-failure": "bold red", "page-fault": "red", "stop": "bold", "io": "blue", "note": "white"}
+              "vm-entry-failure": "bold red", "page-fault": "red", "stop": "bold", "io": "blue", "note": "white",
+              "mmio": "blue", "task-switch": "cyan"}
 
     def __init__(self, stream: IO[str] | None = None) -> None:
         self.stream = stream or sys.stderr
@@ -120,7 +121,10 @@ def describe(ev: dict) -> str:
         return f"ring {ev['from']} -> ring {ev['to']}"
     if kind == "exception":
         ec = "" if ev.get("error_code") is None else f" error {ev['error_code']:#x}"
-        return f"deliver {ev['name']} ({ev['event']}){ec}"
+        to = ev.get("to_cpl")
+        ring = "" if "to_cpl" not in ev else (
+            f" ring {ev.get('from_cpl')} -> {to}" if to is not None else " (delivery faulted)")
+        return f"deliver {ev['name']} ({ev['event']}){ec}{ring}"
     if kind == "fault":
         ec = "" if ev.get("error_code") is None else f"({ev['error_code']:#x})"
         return f"fault {ev['name']}{ec} {ev.get('detail', '')}".rstrip()
@@ -135,6 +139,13 @@ def describe(ev: dict) -> str:
     if kind == "io":
         return f"{ev['dir']} port {ev['port']:#x} size {ev['size']} value {ev['value']:#x}" + (
             "" if ev.get("claimed", True) else " (no device)")
+    if kind == "mmio":
+        where = ev.get("device") or "no device: all ones"
+        return f"MMIO {ev['dir']} {ev['addr']:#010x} size {ev['size']} value {ev['value']:#x} ({where})"
+    if kind == "task-switch":
+        return f"task switch ({ev.get('source')}) TR {ev.get('from_tr', 0):#x} -> {ev.get('to_tr', 0):#x}"
+    if kind == "note":
+        return str(ev.get("text", "note"))
     if kind == "stop":
         return f"stop: {ev.get('reason')} {ev.get('detail', '')}".rstrip()
     return kind

@@ -40,7 +40,6 @@ unpack and one dict lookup.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 
 import iced_x86 as iced
@@ -97,9 +96,7 @@ def _io_match(direction_in: bool, size: int, port: int) -> Callable[[iced.Instru
             reg, port_op = (0, 1) if direction_in else (1, 0)
             if iced.RegisterInfo(ins.op_register(reg)).size != size:
                 return False
-            if ins.op_kind(port_op) in _IMM8_KINDS and ins.immediate8 != port:
-                return False
-            return True
+            return not (ins.op_kind(port_op) in _IMM8_KINDS and ins.immediate8 != port)
         return iced.MemorySizeInfo(ins.memory_size).size == size
 
     return match

@@ -17,6 +17,7 @@ to exist so the signal interrupts the ioctl instead of killing the process.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
@@ -60,10 +61,8 @@ class Kicker:
             return
         self.kvm_run.immediate_exit = 1
         if threading.get_ident() != self.vcpu_thread:
-            try:
+            with contextlib.suppress(OSError):  # the thread is gone: nothing to interrupt
                 signal.pthread_kill(self.vcpu_thread, KICK_SIGNAL)
-            except (ProcessLookupError, OSError):
-                pass
 
     def rearm(self) -> None:
         """Called by the vCPU thread after KVM_RUN returned: the kick has been seen."""
