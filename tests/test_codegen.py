@@ -266,3 +266,89 @@ def test_random_loops_fast_equals_interp(body: list[str], seeds: list[int], jcc:
     a["data"] = bytes(fast.machine.memory.ram[0x200000:0x200014])
     b["data"] = bytes(interp.machine.memory.ram[0x200000:0x200014])
     assert a == b
+
+
+FALLBACK_INSNS = ["bswap eax", "xadd ebx, ecx", "bt edx, 3", "adc esi, edi", "bsf edi, eax", "cdq",
+                  "shld eax, ebx, 4", "imul ecx, ebx, 7", "cmpxchg edx, esi", "lahf", "sbb ecx, 1"]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_instr(), min_size=1, max_size=5), st.lists(_instr(), min_size=1, max_size=5),
+       st.lists(st.sampled_from(FALLBACK_INSNS), min_size=1, max_size=3), st.integers(0, 7),
+       st.lists(IMM, min_size=6, max_size=6), st.booleans())
+def test_random_regions_fast_equals_interp(part1, part2, fallbacks, bit, seeds, out_in_loop) -> None:
+    """Loops with internal branches become multi-block regions; fallback handlers inside them and a
+    region-leaving OUT must see and leave registers and flags exactly as the interp engine does."""
+    init = "\n".join(f"        mov {r}, {v}" for r, v in zip(REGS, seeds))
+    body = "\n".join("        " + ln for ln in part1 + fallbacks[:1])
+    skip = "\n".join("        " + ln for ln in part2 + fallbacks)
+    out = "        mov [ebp+20], eax\n        out 0xE9, al\n        mov eax, [ebp+20]" if out_in_loop else ""
+    src = f"""
+        mov ebp, 0x200000
+        mov dword [ebp], 0x11111111
+        mov dword [ebp+4], 0x80000000
+        mov dword [ebp+8], 0xFFFFFFFF
+        mov dword [ebp+12], 7
+        mov dword [ebp+16], 0
+{init}
+        mov esp, 0x90000
+        push 150
+    L:
+{body}
+        test dword [esp], {1 << bit}
+        jz skip
+{skip}
+{out}
+    skip:
+        add edi, 0x01010101
+        dec dword [esp]
+        jnz L
+        pop esp
+    """
+    fast, interp = both(src, max_instructions=40_000)
+    assert fast.stop.reason == StopReason.HALTED, fast.stop
+    a, b = state(fast), state(interp)
+    a["data"] = bytes(fast.machine.memory.ram[0x200000:0x200018])
+    b["data"] = bytes(interp.machine.memory.ram[0x200000:0x200018])
+    assert a == b
+    assert fast.console == interp.console
+
+
+def test_region_with_inner_loop_and_fallbacks() -> None:
+    """A hex printer (the pattern that found a region bug): an inner loop whose members end in
+    OUT (a fallback that leaves the region) while a later member decrements the loop counter."""
+    body = """
+        mov esp, 0x9000
+        mov ebx, 200
+    again:
+        mov eax, ebx
+        call hex8
+        mov al, 10
+        out 0xE9, al
+        dec ebx
+        jnz again
+        jmp __end
+    hex8:
+        push ecx
+        rol eax, 24
+        mov ecx, 2
+    hexn:
+        rol eax, 4
+        push eax
+        and al, 0x0F
+        add al, '0'
+        cmp al, '9'
+        jbe .d
+        add al, 'a' - '0' - 10
+    .d: out 0xE9, al
+        pop eax
+        dec ecx
+        jnz hexn
+        pop ecx
+        ret
+    """
+    fast, interp = both(body)
+    expected = "".join(f"{n:02x}\n" for n in range(200, 0, -1)).encode()
+    assert interp.console == expected
+    assert fast.console == expected
+    assert state(fast) == state(interp)

@@ -474,6 +474,9 @@ class BlockCompiler:
             self.blk = blk
             self.member_lines.append(len(self.lines))
             self.rec = LOOP_HEAD
+            # control may arrive from any member: every register some member writes may be newer
+            # than cpu.regs here
+            self.dirty = set(dirty_at_head)
             for i, ins in enumerate(blk.instrs):
                 self.idx = g
                 self.gmap.append((m, i))

@@ -95,6 +95,21 @@ class Tracer:
         if "mmio" in self.kinds:
             cpu.memory.on_mmio = self._mmio
 
+    def detach(self) -> None:
+        """Undo :meth:`attach` (after flushing): the CPU, the buses and memory report nothing any more."""
+        self.flush()
+        cpu = self.cpu
+        if cpu is None:
+            return
+        if cpu.trace is self:
+            cpu.trace = None
+        ports = cpu.machine.ports
+        for bus in (ports, getattr(ports, "inner", None)):
+            if bus is not None and getattr(bus, "on_access", None) == self._io:
+                bus.on_access = None
+        if getattr(cpu.memory, "on_mmio", None) == self._mmio:
+            cpu.memory.on_mmio = None
+
     # ------------------------------------------------------------------ core
 
     def vmx_mode(self) -> str:
