@@ -47,8 +47,6 @@ NATIVE_EXAMPLES = int(os.environ.get("VMXLAB_DIFF_NATIVE_EXAMPLES", "3000"))
 BUDGET_S = float(os.environ.get("VMXLAB_DIFF_BUDGET", "120"))
 STRICT = os.environ.get("VMXLAB_DIFF_STRICT") == "1"
 
-pytestmark = pytest.mark.kvm
-
 
 class Stats:
     """What the comparison did, for the terminal summary."""
@@ -168,6 +166,7 @@ TEMPLATES = gen.kvm_templates()
 _DEADLINE: list[float] = []
 
 
+@pytest.mark.kvm
 @settings(max_examples=EXAMPLES, deadline=None, print_blob=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                  HealthCheck.filter_too_much])

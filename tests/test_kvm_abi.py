@@ -322,3 +322,42 @@ def test_vcpu_state_round_trips() -> None:
             sregs.cr0 = 0x80000000  # PG without PE: KVM refuses it (kvm.md §3.2)
             with pytest.raises(KvmError, match="KVM_SET_SREGS"):
                 vcpu.set_sregs(sregs)
+
+
+@pytest.mark.kvm
+@needs_kvm
+def test_irqchip_pit_and_msr_filter_exits() -> None:
+    """In-kernel irqchip and PIT, IRQ lines, and a user-space RDMSR exit through an MSR filter.
+
+    Real-mode guest: ``mov ecx, 0x174; rdmsr; out 0xE9, al`` (0x66-prefixed for 32-bit ECX) with a
+    filter that denies reads of IA32_SYSENTER_CS, so KVM exits with KVM_EXIT_X86_RDMSR, reason FILTER
+    (api.rst 4.97).  (No HLT: with the in-kernel irqchip KVM keeps a halted vCPU in the kernel.)
+    """
+    code = bytes([0x66, 0xB9, 0x74, 0x01, 0x00, 0x00, 0x0F, 0x32, 0xE6, 0xE9])
+    with Kvm() as kvm, kvm.create_vm() as vm:
+        assert kvm.check_extension(Cap.X86_MSR_FILTER) and kvm.check_extension(Cap.X86_USER_SPACE_MSR)
+        vm.set_tss_addr()
+        vm.create_irqchip()
+        vm.create_pit2()
+        vm.irq_line(4, True)
+        vm.irq_line(4, False)
+        vm.enable_cap(Cap.X86_USER_SPACE_MSR, k.KVM_MSR_EXIT_REASON_FILTER)
+        vm.set_msr_filter([(k.KVM_MSR_FILTER_READ, 0x174, b"\x00")])  # bit 0 = 0x174: deny
+        ram = vm.add_memory(0, 0x10000)
+        ram.write(0x1000, code)
+        vcpu = vm.create_vcpu(0)
+        sregs = vcpu.get_sregs()
+        sregs.cs.base, sregs.cs.selector = 0, 0
+        vcpu.set_sregs(sregs)
+        regs = vcpu.get_regs()
+        regs.rip, regs.rflags = 0x1000, 0x2
+        vcpu.set_regs(regs)
+        run = vcpu.run()
+        assert run.exit_reason == ExitReason.X86_RDMSR
+        assert (run.msr.index, run.msr.reason) == (0x174, k.KVM_MSR_EXIT_REASON_FILTER)
+        run.msr.data = 0x1122334455667788
+        run.msr.error = 0
+        run = vcpu.run()
+        assert run.exit_reason == ExitReason.IO and bytes(vcpu.io_data()) == b"\x88"
+        regs = vcpu.get_regs()
+        assert (regs.rax & 0xFFFFFFFF, regs.rdx & 0xFFFFFFFF) == (0x55667788, 0x11223344)

@@ -13,7 +13,8 @@ import sys
 
 from .errors import UserError
 
-COMMANDS = ["run", "demo", "bench", "compare", "boot-linux", "mkinitramfs"]
+COMMANDS = ["run", "demo", "bench", "compare", "boot-linux", "mkinitramfs", "explain", "classify", "check-vmcs",
+            "report"]
 
 
 def build_parser() -> argparse.ArgumentParser:

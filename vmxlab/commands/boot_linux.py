@@ -151,8 +151,8 @@ def run(args: argparse.Namespace) -> int:
         exits = ", ".join(f"{n} {c}" for n, c in sorted(vmm.exit_counts.items(), key=lambda kv: -kv[1]))
         print(f"vmxlab: VM exits: {exits}", file=sys.stderr)
         if vcpu.syscalls is not None and vcpu.syscalls.fixups:
-            print(f"vmxlab: SYSCALLs from user mode completed by vmxlab (PVM host): {vcpu.syscalls.fixups}",
-                  file=sys.stderr)
+            print(f"vmxlab: SYSCALLs from user mode completed by vmxlab (PVM host): {vcpu.syscalls.fixups} "
+                  f"({vcpu.syscalls.deferrals} waited for an interrupt being delivered)", file=sys.stderr)
         if vcpu.fallback and vcpu.fallback.counts:
             print("vmxlab: instructions KVM could not emulate, run by vmxlab: "
                   + ", ".join(f"{n} {c}" for n, c in vcpu.fallback.counts.most_common()), file=sys.stderr)

@@ -24,8 +24,10 @@ integer instruction computes exactly what it computes in 32-bit mode (SDM Vol.1
 halves, which therefore stay 0 and are never read.  What cannot be checked this
 way are instructions that are invalid or different in 64-bit mode (BCD, 32-bit
 PUSH/POP and everything that uses the stack with 32-bit width, BOUND, INTO,
-segment loads): :mod:`vmxlab.diff.gen` leaves them to the 32-bit target when one
-exists (a host with VMX/SVM, see :data:`LEGACY32_NATIVE`).
+segment loads): :mod:`vmxlab.diff.gen` marks them (``Template.kvm64``) and they are
+compared on the native32 target instead (native_target.py: 32-bit code in compatibility
+mode in a user process of this machine).  On a host where KVM uses VMX or SVM, 32-bit
+ring-3 code would run natively under KVM too; this target does not need that.
 
 How a program ends.  The last instruction stores EAX to a page mapped to a
 guest-physical address outside every memory slot: a KVM_EXIT_MMIO.  IOPL stays 0
@@ -55,11 +57,8 @@ from . import layout as L
 from .outcome import EXIT_PAGE_ACCESS, Fault, Outcome
 from .program import Program
 
-#: 32-bit protected-mode ring-3 code runs natively only where KVM uses VMX/SVM (not on PVM)
-LEGACY32_NATIVE = False
-
 # 4-level paging entry bits (SDM Vol.3A 4.5, Table 4-15 .. 4-20)
-_P, _RW, _US, _PS = 1, 2, 4, 0x80
+_P, _RW, _US = 1, 2, 4
 
 _GDT = {
     L.SEL_KCODE: 0x00AF9B000000FFFF,  # 64-bit code, DPL 0
@@ -136,7 +135,7 @@ class KvmTarget:
         w(pt, struct.pack("<512Q", *entries))
         self.cr3 = pml4
 
-    def _user_sregs(self):
+    def _user_sregs(self) -> s.KvmSregs:
         sr = self.vcpu.get_sregs()
         sr.cs = segment(L.SEL_UCODE64, 0, 0xFFFFFFFF, 0xB, dpl=3, db=0, l_=1)
         data = segment(L.SEL_UDATA, 0, 0xFFFFFFFF, 0x3, dpl=3)

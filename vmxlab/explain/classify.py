@@ -36,8 +36,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .instructions import ROBIN_IRVINE, TABLE, Insn
-from .lab import PLACEMENTS, Lab, Observation, Start, shared_lab
-from .lab import CR0_GUEST, CR4_PSE, GDT_LIMIT, IDT_LIMIT
+from .lab import CR0_GUEST, CR4_PSE, GDT_LIMIT, IDT_LIMIT, PLACEMENTS, Lab, Observation, Start, shared_lab
 
 #: (IF, placement) of the supervisor/user state pairs
 PAIRS = ((0, "A"), (1, "A"), (1, "B"))
@@ -84,7 +83,7 @@ def describe_changes(ch: dict[str, tuple[Any, Any]]) -> str:
         elif k == "halted":
             parts.append("halts the processor")
         else:
-            parts.append(f"{k.upper() if len(k) <= 4 else k} {_fmt(a)} -> {_fmt(b)}")
+            parts.append(f"changes {k.upper() if len(k) <= 4 else k} {_fmt(a)} -> {_fmt(b)}")
     return ", ".join(parts)
 
 

@@ -36,8 +36,8 @@ class Insn:
     ``shows``: which results the explanation prints (``out6`` = the 6-byte pseudo-descriptor at
     OUT, ``stack`` = the dword at [ESP], register names, ``zf``, ``if``, ``iopl``);
     ``variants``: operand presets, each a separate starting state (Popek-Goldberg's definitions
-    quantify over all states, operands included; INT n tries gate 0x80, DPL 3, and 0x81, DPL 0); ``timing``: results are time stamps, which
-    equivalence ignores (Popek & Goldberg allow timing differences).
+    quantify over all states, operands included; INT n tries gate 0x80, DPL 3, and 0x81, DPL 0);
+    ``timing``: results are time stamps, which equivalence ignores (Popek & Goldberg allow timing differences).
     """
 
     name: str

@@ -7,8 +7,9 @@ values.  The values match ``EmuBackend.apply_entry`` field for field, so both
 backends start a guest in the same architectural state (``vmxlab compare``
 checks the final state of the two runs).
 
-* ``real``: CS = seg (base seg << 4), limit 0xFFFF, access rights 0x9B / 0x93 (what
-  a real-mode segment load leaves, SDM Vol.3A 21.1.1 and 10.1.4), CR0 = ET.
+* ``real``: CS = seg (base seg << 4), limit 0xFFFF, access rights 0x93 for every segment, CS
+  included (docs/entry-state.md: CS after reset per SDM Vol.3A Table 10-1 "present, R/W,
+  accessed"; KVM's emulator gives every real-mode segment load type 3 too), CR0 = ET.
 * ``pm32``: vmxlab's boot GDT at 0x500 (loaders.BOOT_GDT), CS = 0x10 and data = 0x18,
   flat 4 GiB, CR0 = PE | ET, paging off.
 * ``reset``: the state after RESET (SDM Vol.3A 10.1.1, Table 10-1): CS selector 0xF000,
@@ -81,7 +82,7 @@ def _system_segments(sr: s.KvmSregs) -> None:
 def entry_sregs(sr: s.KvmSregs, entry: EntryState, machine: Machine) -> None:
     """Write the segment/control part of ``entry`` into ``sr`` (real or pm32)."""
     if entry.mode == "real":
-        set_segment(sr.cs, entry.cs, entry.cs << 4, 0xFFFF, TYPE_CODE_RX_ACCESSED)
+        set_segment(sr.cs, entry.cs, entry.cs << 4, 0xFFFF, TYPE_DATA_RW_ACCESSED)
         for name in ("ds", "es", "fs", "gs", "ss"):
             sel = entry.ss if name == "ss" else entry.ds
             set_segment(getattr(sr, name), sel, sel << 4, 0xFFFF, TYPE_DATA_RW_ACCESSED)

@@ -64,10 +64,11 @@ class InterimVmm:
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             result = vcpu.run(None, remaining)
-            if isinstance(result, GuestStopped):
-                return result.stop
-            if isinstance(result, EntryFailure):
-                return StopRequest(StopReason.ERROR, detail=str(result))
+            if result.__class__ is not VmExit:
+                if isinstance(result, GuestStopped):
+                    return result.stop
+                if isinstance(result, EntryFailure):
+                    return StopRequest(StopReason.ERROR, detail=str(result))
             reason = result.reason
             counts[reason] = counts.get(reason, 0) + 1
             if record is not None:

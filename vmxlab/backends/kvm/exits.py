@@ -165,10 +165,12 @@ class ExitTranslator:
     # ------------------------------------------------------------------ by exit
 
     def io(self, direction_in: bool, size: int, port: int, count: int, rip: int, rsp: int, cs: tuple,
-           mode: Callable[[], tuple[int, int]]) -> VmExit:
+           mode: Callable[[], tuple[int, int]], key: tuple | None = None) -> VmExit:
         """``cs`` is the raw ``kvm_segment`` tuple of CS (base first); ``mode()`` gives (bitness,
-        CPL) and is called only when the exit is not in the cache."""
-        key = (2, direction_in, size, port, count > 1, rip, rsp, cs)
+        CPL) and is called only when the exit is not in the cache.  ``key``: the caller's cache
+        key (the vCPU uses the raw kvm_run fields the exit was computed from)."""
+        if key is None:
+            key = (2, direction_in, size, port, count > 1, rip, rsp, cs)
         ex = self.cache.get(key)
         if ex is not None:
             return ex

@@ -52,6 +52,8 @@ TABLE_PAGES = (0xE0000, 0xE1000, 0xE2000)
 UNBACKED_GPA = 0xF0000000
 
 PTE_P, PTE_RW, PTE_US = 1, 2, 4
+#: consecutive landings that may wait for an event before the switch is forced
+MAX_DEFERRALS = 100
 
 
 def canonical(slot: int) -> int:
@@ -67,6 +69,9 @@ class SyscallTrampoline:
         self.address: int | None = None  # T, once installed
         self.star: int | None = None
         self.fixups = 0
+        #: landings that waited for an event KVM was delivering (see complete_syscall)
+        self.deferrals = 0
+        self._deferred = 0
 
     # ------------------------------------------------------------------ MSR exits
 
@@ -113,10 +118,25 @@ class SyscallTrampoline:
     def is_landing(self, rip: int) -> bool:
         return self.address is not None and rip == self.address
 
-    def complete_syscall(self) -> None:
+    def complete_syscall(self) -> bool:
         """SDM Vol.2B SYSCALL, the part the host skipped: CS and SS from IA32_STAR[47:32], CPL 0,
-        RIP = the kernel's IA32_LSTAR.  (RCX, R11 and RFLAGS were already set by the host.)"""
+        RIP = the kernel's IA32_LSTAR.  (RCX, R11 and RFLAGS were already set by the host.)
+
+        Not while KVM holds an event it is delivering (an injected interrupt, NMI or exception, in
+        ``kvm_run.s.regs.events`` and in the sregs' interrupt bitmap): switched to CPL 0 here, the
+        event would be delivered at the kernel's entry point on the *user* stack (a same-privilege
+        delivery switches no stack, SDM Vol.3A 6.12.1) -- a double fault.  Then the vCPU resumes
+        unchanged: the event is delivered in the user context, the handler returns to ``T``, and
+        the next landing completes the SYSCALL.  Returns True if it switched."""
         v = self.vcpu
+        ev = v.sync.events
+        pending = (ev.interrupt.injected or ev.nmi.injected or ev.exception.injected or ev.exception.pending
+                   or any(v.sync.sregs.interrupt_bitmap))
+        if pending and self._deferred < MAX_DEFERRALS:
+            self._deferred += 1
+            self.deferrals += 1
+            return False
+        self._deferred = 0
         if self.star is None:
             self.star = v.cpu.get_msrs([IA32_STAR]).get(IA32_STAR, 0)
         sel = (self.star >> 32) & 0xFFFC
@@ -126,3 +146,4 @@ class SyscallTrampoline:
         v.sregs_changed()
         v.set_regs(rip=self.guest_lstar)
         self.fixups += 1
+        return True

@@ -77,6 +77,12 @@ _OFF_CS = _SREGS + s.KvmSregs.cs.offset
 _OFF_SS = _SREGS + s.KvmSregs.ss.offset
 _OFF_CR0 = _SREGS + s.KvmSregs.cr0.offset
 _OFF_EFER = _SREGS + s.KvmSregs.efer.offset
+#: the hot path's single unpack, from offset 8 of kvm_run: exit_reason; the KVM_EXIT_IO fields
+#: (direction, size, port, count, data_offset @32); RSP @304+48 and RIP @304+128 of the synced
+#: kvm_regs; the synced CS kvm_segment @304+144 (base, limit, selector, type, present, dpl, db, s, l,
+#: g, avl, unusable).  The tuple is also the key of the translated-exit cache.
+_HOT = struct.Struct("<I20xBBHIQ" + f"{_REG_RSP - 48}x" + "Q" + f"{_REG_RIP - _REG_RSP - 8}x" + "Q"
+                     + f"{_OFF_CS - _REG_RIP - 8}x" + "QIHBBBBBBBBBx")
 _KVM_RUN = k.KVM_RUN
 _EXIT_IO, _EXIT_MMIO, _EXIT_HLT = KE.IO, KE.MMIO, KE.HLT
 
@@ -186,7 +192,10 @@ class KvmGuestVcpu:
         self.fd = self.cpu.fd
         self.run_map = self.cpu.run_map
         self.kvm_run = self.cpu.kvm_run
-        self.sync = self.cpu.enable_sync_regs(k.KVM_SYNC_X86_REGS | k.KVM_SYNC_X86_SREGS)
+        sync_parts = k.KVM_SYNC_X86_REGS | k.KVM_SYNC_X86_SREGS
+        if self.syscalls is not None:  # the SYSCALL trampoline looks at pending events
+            sync_parts |= k.KVM_SYNC_X86_EVENTS
+        self.sync = self.cpu.enable_sync_regs(sync_parts)
         self.kicker = Kicker(self.kvm_run)
         self.translator = ExitTranslator(self.read_linear, self._emulated_pio)
         self.stats = KvmExitStats({})
@@ -198,7 +207,7 @@ class KvmGuestVcpu:
         self.io_exits = 0
         self.last_exit: VmExit | None = None
         self.last_error: str | None = None
-        self._last_io: tuple[int, int, int] = (0, 0, 0)  # data_offset, size, count of the last IO exit
+        self._last_io: tuple = (0,) * 6  # the _HOT tuple of the last IO exit
         self._vmm_window = False  # the VMM asked for an interrupt window (inject_interrupt returned False)
         self._wake = threading.Event()
         self._armed: float | None = None
@@ -430,38 +439,41 @@ class KvmGuestVcpu:
         kicker.vcpu_thread = threading.get_ident()
         deadline = None if timeout is None else time.monotonic() + timeout
         user_pic = self.irqchip == "user"
-        stats = self.stats
+        next_event = machine.clock.next_event_ns
+        intc = machine.intc
+        io_cache = self.translator.cache
         while True:
             if machine.stop is not None:
                 return GuestStopped(machine.stop)
-            if deadline is not None or not user_pic or machine.clock.next_event_ns() is not None:
+            if deadline is not None or not user_pic or next_event() is not None:
                 stop = self._timers(deadline)
                 if stop is not None:
                     return GuestStopped(stop)
-            if user_pic:
+            if user_pic and (self._vmm_window or intc is not None and intc.intr):
                 self._interrupts()
             if _libc_ioctl(fd, _KVM_RUN, 0) < 0:
                 err = ctypes.get_errno()
                 kicker.rearm()
                 if err in (errno_mod.EINTR, errno_mod.EAGAIN):
-                    stats.kicks += 1
+                    self.stats.kicks += 1
                     if not user_pic:
                         stop = self._halt_check()
                         if stop is not None:
                             return GuestStopped(stop)
                     continue
                 raise KvmError(_KVM_RUN, err)
-            reason = _RUN_REASON.unpack_from(rm, 8)[0]
-            if reason == _EXIT_IO:
-                direction, size, port, count, data_offset = _RUN_IO.unpack_from(rm, 32)
-                self._last_io = (data_offset, size, count)
+            # one unpack for the hot exit: reason, the IO fields, RSP, RIP, CS (see _HOT)
+            hot = _HOT.unpack_from(rm, 8)
+            if hot[0] == _EXIT_IO:
+                self._last_io = hot
                 self.io_exits += 1
-                ex = self.translator.io(direction == k.KVM_EXIT_IO_IN, size, port, count,
-                                        _U64.unpack_from(rm, _REG_RIP)[0], _U64.unpack_from(rm, _REG_RSP)[0],
-                                        _SEG.unpack_from(rm, _OFF_CS), self._mode)
+                ex = io_cache.get(hot)
+                if ex is None:
+                    ex = self.translator.io(hot[1] == k.KVM_EXIT_IO_IN, hot[2], hot[3], hot[4], hot[7], hot[6],
+                                            hot[8:], self._mode, key=hot)
                 self.last_exit = ex
                 return ex
-            result = self._other_exit(reason)
+            result = self._other_exit(hot[0])
             if result is not None:
                 self.last_exit = result if isinstance(result, VmExit) else self.last_exit
                 return result
@@ -660,10 +672,10 @@ class KvmGuestVcpu:
 
     def io_count(self, exit_: VmExit) -> int:
         """Elements of the last I/O exit: 1, or up to a page's worth for REP INS/OUTS."""
-        return self._last_io[2]
+        return self._last_io[4]
 
     def io_out_value(self, exit_: VmExit) -> list[int]:
-        data_offset, size, count = self._last_io
+        _, _, size, _, count, data_offset = self._last_io[:6]
         rm = self.run_map
         if count == 1:
             if size == 1:
@@ -673,7 +685,7 @@ class KvmGuestVcpu:
                 for i in range(count)]
 
     def complete_io_in(self, exit_: VmExit, values: list[int]) -> None:
-        data_offset, size, count = self._last_io
+        _, _, size, _, count, data_offset = self._last_io[:6]
         rm = self.run_map
         if count == 1 and size == 1:
             rm[data_offset] = values[0] & 0xFF
