@@ -77,6 +77,10 @@ AR_REAL_DATA = AR_P | AR_S | AR_WRITABLE | AR_ACCESSED  # 0x93
 AR_REAL_CODE = AR_P | AR_S | AR_CODE | AR_READABLE | AR_ACCESSED  # 0x9B
 
 
+#: ``Segment.hi`` of a segment whose valid offsets reach 0xFFFFFFFF: above any offset + size
+NO_UPPER_BOUND = 1 << 36
+
+
 class Segment:
     """One segment register: selector and hidden descriptor cache.
 
@@ -130,7 +134,13 @@ class Segment:
                 self.hi = 0xFFFFFFFF if ar & AR_DB else 0xFFFF
             else:
                 self.lo, self.hi = 0, self.limit
-        self.flat = self.base == 0 and self.lo == 0 and self.hi == 0xFFFFFFFF
+        if self.hi == 0xFFFFFFFF:
+            # A segment reaching 4 GiB has no upper bound in practice: an access at offset 0xFFFFFFFF
+            # wraps to linear 0 instead of faulting (measured on the host CPU by the differential
+            # test; Bochs skips the limit check for 4-GiB segments too).  The offset arithmetic wraps
+            # in the linear-address computation.
+            self.hi = NO_UPPER_BOUND
+        self.flat = self.base == 0 and self.lo == 0 and self.hi == NO_UPPER_BOUND
 
     @property
     def dpl(self) -> int:

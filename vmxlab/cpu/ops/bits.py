@@ -84,7 +84,7 @@ def bit_test(ins: Instruction, ctx: Ctx) -> Handler:
             v = c.rd(sreg, where, size)
         else:
             la = c.linear(sreg, where, size, True)
-            v = c.lread(la, size)
+            v = c.lread_rmw(la, size)  # write intent: a #PF here has W = 1, as on hardware
             c.lwrite(la, size, modify(v, m))
         _bt_flags(c, 1 if v & m else 0)
 

@@ -295,7 +295,7 @@ def cmpxchg8b(ins: Instruction, ctx: Ctx) -> Handler:
 
     def h(c: CPU) -> None:
         la = c.linear(sreg, ea(c.regs), QWORD, True)
-        m = c.lread(la, QWORD)
+        m = c.lread_rmw(la, QWORD)  # CMPXCHG8B always writes: its load has write intent (W = 1 in #PF)
         r = c.regs
         f = fl.oszapc(c.cc_op, c.cc_a, c.cc_b, c.cc_res)
         if m == (r[EDX] << 32 | r[EAX]):

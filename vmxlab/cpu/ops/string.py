@@ -151,8 +151,10 @@ def _cmps(size: int, amask: int, sreg: int, repe: bool, repne: bool) -> Element:
     done = _compare_end(repe, repne)
 
     def elem(c: CPU, r: list[int], step: int) -> bool:
-        a = c.rd(sreg, r[ESI] & amask, size)
+        # the destination ES:[EDI] is read first: when both operands fault, the host CPU reports
+        # the ES:[EDI] fault (found by the differential test; QEMU's gen_cmps loads it first too)
         b = c.rd(ES, r[EDI] & amask, size)
+        a = c.rd(sreg, r[ESI] & amask, size)
         adv(r, step)
         c.cc_op = cc
         c.cc_a = a
