@@ -407,6 +407,12 @@ def test_f2_prefix_repeats_movs(engine: str) -> None:
 def test_fault_part_way_in_a_hot_block(engine: str, request: pytest.FixtureRequest) -> None:
     """The same precision when the block holding the REP has been compiled (it ran 80 times first)."""
     r = run(CATCH + """
+        ; a 64 KiB data segment at GDT index 4 (0x20) next to vmxlab's boot GDT at 0x500
+        mov dword [0x520], 0x0000FFFF
+        mov dword [0x524], 0x00009300   ; base 0, limit 0xFFFF (byte granular), data read/write
+        lgdt [gdtr]
+        mov ax, 0x20
+        mov es, ax
         cld
         mov ebx, 100
     again:
@@ -414,13 +420,15 @@ def test_fault_part_way_in_a_hot_block(engine: str, request: pytest.FixtureReque
         dec ebx
         cmp ebx, 20
         jnz go
-        mov edi, 0xFFFFFFF1              ; the 80th time: a word store at 0xFFFFFFFF exceeds the limit
+        mov edi, 0xFFF1                  ; the 80th time: a word store at 0xFFFF exceeds the limit
     go: jmp last
     last:
         mov ecx, 10
         mov eax, 0xBEEF
         rep stosw
         jmp again
+    gdtr: dw 5 * 8 - 1
+          dd 0x500
     """, engine)
     assert r.fault is not None and r.fault[0] == 13
-    assert (r.ecx, r.edi) == (3, 0xFFFFFFFF)
+    assert (r.ecx, r.edi) == (3, 0xFFFF)

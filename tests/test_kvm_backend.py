@@ -547,3 +547,18 @@ def test_cpuid_table_is_the_vmms() -> None:
         pytest.xfail("this PVM host answers ring-0 CPUID from the host, not from KVM_SET_CPUID2 (kvm.md §0)")
     assert vendor == b"vmxlabKVMcpu"
     assert m.memory.read(0x300C, 4) & (1 << 31)  # the default filter's hypervisor bit (CPUID.1:ECX[31])
+
+
+def test_trace_records_vm_exits_and_port_accesses(tmp_path: Path) -> None:
+    import json
+
+    trace = tmp_path / "t.jsonl"
+    r = run_guest("hello", backend="kvm", timeout=10, trace_path=trace)
+    assert r.stop.reason == StopReason.SHUTDOWN_REQUEST
+    events = [json.loads(line) for line in trace.read_text().splitlines()]
+    exits = [e for e in events if e["kind"] == "vm-exit"]
+    ios = [e for e in events if e["kind"] == "io"]
+    assert exits and len(exits) == len(ios) == r.backend.vmm.exit_counts["IO_INSTRUCTION"]
+    first = exits[0]
+    assert first["reason"] == 30 and first["reason_name"] == "IO_INSTRUCTION"
+    assert IoQualification.decode(first["qualification"]).port == ios[0]["port"]

@@ -25,6 +25,18 @@ class KvmBackend:
                                  msr_exits=(msr_exits or {}).keys())
         self.vmm = InterimVmm(self.vcpu, msr_exits)
 
+    def attach_tracer(self, tracer) -> None:
+        """``--trace``/``--show``: every VM exit (with its SDM reason and qualification) and every port
+        access become trace events (there is no software CPU to report rings or instructions)."""
+        self.vmm.tracer = tracer
+        ports = self.machine.ports
+        if "io" in tracer.kinds:
+            def io(port: int, size: int, is_write: bool, value: int) -> None:
+                tracer.emit("io", port=port, size=size, dir="out" if is_write else "in", value=value,
+                            claimed=ports.device_at(port) is not None)
+
+            ports.on_access = io
+
     def apply_entry(self, entry: EntryState) -> None:
         self.vcpu.apply_entry(entry)
 

@@ -50,8 +50,10 @@ class InterimVmm:
         }
         #: VM exits by SDM reason (counted by the reason value: an enum's .name costs a microsecond)
         self.counts: dict[int, int] = {}
-        #: the sequence of exits other than port I/O to the console ports, for ``vmxlab compare``
+        #: every VM exit in order, when a caller wants them (tests; None: not kept)
         self.record: list[VmExit] | None = None
+        #: a vmxlab.trace Tracer (``--trace``/``--show``): each exit becomes a "vm-exit" event
+        self.tracer = None
 
     def run(self, max_instructions: int | None = None, timeout: float | None = None) -> StopRequest:
         machine = self.machine
@@ -73,6 +75,8 @@ class InterimVmm:
             counts[reason] = counts.get(reason, 0) + 1
             if record is not None:
                 record.append(result)
+            if self.tracer is not None:
+                self._trace(result)
             handler = handlers.get(reason)
             if handler is None:
                 return StopRequest(StopReason.ERROR, detail=f"no handler for {result}")
@@ -81,6 +85,13 @@ class InterimVmm:
                 return stop
             if machine.stop is not None:
                 return machine.stop
+
+    def _trace(self, ex: VmExit) -> None:
+        self.tracer.emit("vm-exit", eip=ex.guest_rip, cs=self.vcpu.sync.sregs.cs.selector, cpl=self.vcpu.cpl(),
+                         reason=int(ex.reason), reason_name=ex.name, qualification=ex.qualification,
+                         fields=str(ex.decoded) if ex.decoded is not None else None,
+                         guest={"rip": ex.guest_rip, "rsp": ex.guest_rsp, "length": ex.instruction_length,
+                                "gpa": ex.guest_physical_address}, vmx="non-root")
 
     @property
     def exit_counts(self) -> dict[str, int]:
