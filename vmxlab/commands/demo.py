@@ -12,6 +12,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the tour: rings, VMX non-root operation and VM exits, run for real",
                        description=__doc__)
     p.add_argument("--json", action="store_true", help="machine-readable rows")
+    p.add_argument("--markdown", action="store_true", help="a Markdown table (for documentation)")
     p.add_argument("--engine", default="fast", choices=["fast", "interp"])
     p.set_defaults(func=run)
 
@@ -25,6 +26,12 @@ def run(args: argparse.Namespace) -> int:
     failed = [(r.step, k) for r in rows for k, ok in r.checks.items() if not ok]
     if args.json:
         print(json.dumps([r.__dict__ for r in rows], indent=2))
+    elif args.markdown:
+        print("| # | ring | VMX mode | instruction | what happened | why |")
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            cells = (r.step, r.ring, r.mode, f"`{r.instruction}`", r.happened, r.why)
+            print("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     else:
         _print_table(rows)
         if failed:
