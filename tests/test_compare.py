@@ -14,8 +14,10 @@ from vmxlab.commands.compare import HOST_DEPENDENT, Side, compare_sides, format_
 from vmxlab.machine.machine import StopReason, StopRequest
 
 ROOT = Path(__file__).resolve().parent.parent
-#: every guest in guests/ (top level): the bundled programs a user runs with `vmxlab run`
-BUNDLED = sorted(p.name for p in (ROOT / "guests").glob("*.asm"))
+#: the bundled programs a user runs with `vmxlab run`: guests/*.asm and the teaching kernel.  Not here:
+#: guests/demo/tour.asm (runs under `vmxlab demo`'s VMM only) and guests/explain/lab.asm (a template
+#: assembled with -D values by `vmxlab explain`).
+BUNDLED = sorted([p.name for p in (ROOT / "guests").glob("*.asm")] + ["kernel/teaching.asm"])
 
 _OK, _WHY = kvm_usable()
 
@@ -29,7 +31,14 @@ def test_bundled_guest_runs_identically_on_both_backends(guest: str, capsys: pyt
     rc = main(["compare", str(ROOT / "guests" / guest), "--json", "--timeout", "60"])
     report = json.loads(capsys.readouterr().out)
     real = [d for d in report["differences"] if d["host_dependent"] is None]
-    assert rc == 0 and report["result"] == "identical", real
+    assert rc == 0 and not real, real
+    if report["result"] != "identical":
+        # only an explained host limit may remain (the teaching kernel turns on 32-bit paging, which PVM
+        # hosts refuse); it is reported, not hidden
+        assert report["result"] == "host-dependent only"
+        assert {d["host_dependent"] for d in report["differences"]} <= set(report["host_dependent_explanations"])
+        pytest.xfail(f"host limit: {'; '.join(report['host_dependent_explanations'].values())}")
+    assert report["result"] == "identical"
     assert any(s.startswith("port-I/O sequence") for s in report["identical"])
     assert any(s.startswith("final registers") for s in report["identical"])
     assert report["emu"]["stop"] == report["kvm"]["stop"]
@@ -66,6 +75,23 @@ def test_a_register_difference_is_real_and_named() -> None:
     rep = compare_sides("g", side("emu"), side("kvm", state=dict(side("emu").state, eax=2)))
     assert [d.what for d in rep.real_differences] == ["register eax"]
     assert "emu 0x1 / kvm 0x2" in rep.real_differences[0].detail
+
+
+def test_pvm_legacy_paging_divergence_is_tagged_not_hidden() -> None:
+    emu = side("emu", console={"com1": b"paging on"}, state={"cr0": 0x80000011, "efer": 0, "eax": 1})
+    kvm = side("kvm", console={"com1": b"PANIC #GP"}, state={"cr0": 0x11, "efer": 0, "eax": 2}, pvm=True)
+    rep = compare_sides("g", emu, kvm)
+    assert rep.real_differences == [] and rep.result == "host-dependent only"
+    assert {d.host_dependent for d in rep.differences} == {"pvm-paging"} and len(rep.differences) == 3
+    assert "listed and explained" in format_report(rep)
+    # the same divergence on a host that is not PVM is a real difference
+    assert compare_sides("g", emu, side("kvm", console={"com1": b"PANIC #GP"}, state=kvm.state)).real_differences
+
+
+def test_timed_out_runs_do_not_compare_registers() -> None:
+    rep = compare_sides("g", side("emu", stop=StopRequest(StopReason.TIMEOUT)),
+                        side("kvm", stop=StopRequest(StopReason.TIMEOUT), state={"eax": 5, "eip": 9, "cr0": 0x10}))
+    assert rep.differences == [] and "final registers not compared" in rep.notes[0]
 
 
 def test_timer_reads_are_host_dependent() -> None:

@@ -47,6 +47,18 @@ class Descriptor:
 
     @classmethod
     def decode(cls, raw: int) -> Descriptor:
+        """Decode 8 descriptor bytes.  Descriptors are immutable values of their raw bits, so decoded
+        ones are remembered: interrupt delivery and far transfers decode the same few gates and
+        segments over and over (a system call decodes three)."""
+        d = _DECODED.get(raw)
+        if d is None:
+            if len(_DECODED) > 4096:
+                _DECODED.clear()
+            d = _DECODED[raw] = cls._decode(raw)
+        return d
+
+    @classmethod
+    def _decode(cls, raw: int) -> Descriptor:
         lo = raw & 0xFFFFFFFF
         hi = raw >> 32
         base = (lo >> 16) | ((hi & 0xFF) << 16) | (hi & 0xFF000000)
@@ -123,6 +135,9 @@ def table_limit_ok(cpu: CPU, selector: int) -> bool:
             return False
         return index + 7 <= ldtr.limit
     return index + 7 <= cpu.gdtr_limit
+
+
+_DECODED: dict[int, Descriptor] = {}
 
 
 def read_descriptor(cpu: CPU, selector: int, error_code: int | None = None,

@@ -252,7 +252,13 @@ class EmuVcpu:
     # ------------------------------------------------------------------ completing instructions
 
     def skip_instruction(self, exit_: VmExit) -> None:
+        """Complete the exiting instruction: advance GUEST_RIP and end an STI / MOV SS interrupt shadow,
+        which covered exactly this instruction (SDM Vol.3C 25.4.2 Table 25-3; KVM's
+        skip_emulated_instruction does the same)."""
         self.vmx.skip_instruction(exit_)
+        blocking = self.vmread(F.GUEST_INTERRUPTIBILITY_STATE)
+        if blocking & 3:
+            self.vmwrite(F.GUEST_INTERRUPTIBILITY_STATE, blocking & ~3)
 
     def inject(self, vector: int, kind: InterruptionType, error_code: int | None = None,
                instruction_length: int = 0) -> None:

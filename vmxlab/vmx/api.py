@@ -366,20 +366,22 @@ class VmxCpu:
             return EntryFailure(basic, basic.error)
         ctx = self.check_context()
         vmcs = ctx.vmcs
-        # SDM Vol.3C 27.2: controls, then host state -> VMfailValid(7 / 8); nothing is loaded
-        for check, error in (
-            (check_controls, VmInstructionError.VM_ENTRY_WITH_INVALID_CONTROL_FIELDS),
-            (check_host_state, VmInstructionError.VM_ENTRY_WITH_INVALID_HOST_STATE_FIELDS),
-        ):
-            failure = check(ctx)
+        if vmcs.checks_needed():  # see Vmcs.checks_needed: unchanged fields cannot fail again
+            # SDM Vol.3C 27.2: controls, then host state -> VMfailValid(7 / 8); nothing is loaded
+            for check, error in (
+                (check_controls, VmInstructionError.VM_ENTRY_WITH_INVALID_CONTROL_FIELDS),
+                (check_host_state, VmInstructionError.VM_ENTRY_WITH_INVALID_HOST_STATE_FIELDS),
+            ):
+                failure = check(ctx)
+                if failure is not None:
+                    return EntryFailure(state.vmfail(error, failure.message), error, check=failure)
+            # SDM Vol.3C 27.3: guest state -> VM-entry failure exit 33
+            failure = check_guest_state(ctx)
             if failure is not None:
-                return EntryFailure(state.vmfail(error, failure.message), error, check=failure)
-        # SDM Vol.3C 27.3: guest state -> VM-entry failure exit 33
-        failure = check_guest_state(ctx)
-        if failure is not None:
-            return self._entry_failure_exit(
-                vmcs, ExitReason.VM_ENTRY_FAILURE_INVALID_GUEST_STATE, failure.qualification, failure
-            )
+                return self._entry_failure_exit(
+                    vmcs, ExitReason.VM_ENTRY_FAILURE_INVALID_GUEST_STATE, failure.qualification, failure
+                )
+            vmcs.mark_verified()
         cpu = self.cpu
         injection_info = ctx.injection
         load_guest_state(cpu, vmcs, ctx.secondary, injection_info is not None)
@@ -428,6 +430,7 @@ class VmxCpu:
         if hooks.exit_signal is None:
             return GuestStopped(stop)
         self.nonroot = None
+        hooks.vmcs.mark_exit_saved()
         exit_ = VmExit.from_vmcs(hooks.vmcs)
         self.last_exit = exit_
         if self.cpu.trace is not None:

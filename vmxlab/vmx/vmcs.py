@@ -176,14 +176,38 @@ class Vmcs:
     address: int
     launch_state: LaunchState = LaunchState.CLEAR
     values: dict[int, int] = field(default_factory=dict)
+    #: fields written since the last VM entry whose checks all passed (see :meth:`checks_needed`)
+    written: set[int] = field(default_factory=set)
+    #: every VM-entry check passed on this VMCS's contents at the last entry
+    verified: bool = False
 
     # -- processor-side access (VM entry/exit write exit-information fields too)
 
     def __getitem__(self, f: VmcsField) -> int:
-        return self.values.get(int(f), 0)
+        # VmcsField is an IntEnum: it hashes and compares as its encoding, no int() needed
+        return self.values.get(f, 0)
 
     def __setitem__(self, f: VmcsField, value: int) -> None:
-        self.values[int(f)] = value & width_mask(f)
+        self.values[f] = value & _WIDTH_MASKS.get(f) if f in _WIDTH_MASKS else value & width_mask(f)
+        self.written.add(f)
+
+    def checks_needed(self) -> bool:
+        """Whether VM entry must run its checks (SDM Vol.3C 27.2-27.3) again.
+
+        The checks are a function of the VMCS's fields (and the capability MSRs, which do not
+        change).  After an entry whose checks passed, a VMM that only advances GUEST_RIP (what
+        completing an exiting instruction does) cannot make any of them fail, so they are not
+        repeated; any other VMWRITE re-runs all of them.  State a VM exit saves is the guest's
+        own, checked state and does not count as a write (see :meth:`mark_exit_saved`)."""
+        return not self.verified or bool(self.written - _RIP_ONLY)
+
+    def mark_verified(self) -> None:
+        self.verified = True
+        self.written.clear()
+
+    def mark_exit_saved(self) -> None:
+        """The VM exit finished saving guest state and exit information: nothing written yet by the VMM."""
+        self.written.clear()
 
     # -- VMREAD / VMWRITE semantics (SDM Vol.3C 31.4 VMREAD, VMWRITE)
 
@@ -213,11 +237,16 @@ class Vmcs:
             self.values[base] = (old & 0xFFFFFFFF) | (value & 0xFFFFFFFF) << 32
         else:
             self.values[base] = value & width_mask(encoding)
+        self.written.add(base)
         return None
 
     def dump(self) -> dict[str, int]:
         """Every field that has a value, by name (for reports and the entry explainer)."""
         return {name_of(k): v for k, v in sorted(self.values.items())}
+
+
+_WIDTH_MASKS: dict[int, int] = {int(f): width_mask(f) for f in VmcsField}
+_RIP_ONLY = frozenset({int(VmcsField.GUEST_RIP)})
 
 
 class PhysMem(Protocol):
