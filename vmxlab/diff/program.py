@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Union
 
 from iced_x86 import (
     BlockEncoder,
@@ -95,7 +96,8 @@ class Label:
         return f"<{self.target}>"
 
 
-Operand = Reg | Mem | Imm | Label
+# typing.Union, not X | Y: this line runs at import, and Python 3.9 (PyPy 7.3.11) has no | on classes
+Operand = Union[Reg, Mem, Imm, Label]  # noqa: UP007
 
 _STRING_CREATORS = {
     Mnemonic.MOVSB: "create_movsb", Mnemonic.MOVSW: "create_movsw", Mnemonic.MOVSD: "create_movsd",

@@ -78,7 +78,7 @@ def parse_field(key: str) -> VmcsField:
 
 
 def parse_value(key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | str):
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise UserError(f"{key}: value {value!r} is not a number (use 123 or \"0x7b\")")
     if isinstance(value, str):
         try:

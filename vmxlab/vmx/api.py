@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Union
 
 from ..cpu.engine import Engine
 from ..cpu.state import CR0_ET, CR0_NE, CR0_PE, CR0_PG, CR4_VMXE
@@ -208,7 +208,8 @@ class GuestStopped:
         return f"guest stopped without a VM exit: {self.stop.reason.value} {self.stop.detail}".rstrip()
 
 
-RunResult = VmExit | EntryFailure | GuestStopped
+# typing.Union, not X | Y: this line runs at import, and Python 3.9 (PyPy 7.3.11) has no | on classes
+RunResult = Union[VmExit, EntryFailure, GuestStopped]  # noqa: UP007
 
 
 class VmxCpu:

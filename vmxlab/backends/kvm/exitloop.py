@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Optional
 
 from ...machine.machine import StopReason, StopRequest
 from ...vmx.api import EntryFailure, GuestStopped, VmExit
 from ...vmx.exit_reasons import ExitReason
 from .vcpu import KvmGuestVcpu
 
-Handler = Callable[[VmExit], StopRequest | None]
+# typing.Optional, not X | None: this line runs at import, and Python 3.9 (PyPy 7.3.11) has no | on classes
+Handler = Callable[[VmExit], Optional[StopRequest]]  # noqa: UP045
 
 
 class InterimVmm:
