@@ -47,8 +47,8 @@ def test_hello_on_kvm() -> None:
     assert r.instructions is None  # KVM counts no instructions: reported as n/a
     assert "instructions: n/a" in r.summary()
     # every byte printed is at least one OUT, and every OUT is one VM exit (reason 30)
-    assert r.backend.vmm.exit_counts["IO_INSTRUCTION"] >= len(b"".join(channels(r).values()))
-    assert set(r.backend.vmm.exit_counts) == {"IO_INSTRUCTION"}
+    assert r.backend.vm.counts_by_name()["IO_INSTRUCTION"] >= len(b"".join(channels(r).values()))
+    assert set(r.backend.vm.counts_by_name()) == {"IO_INSTRUCTION"}
 
 
 def test_pm_switch_on_kvm() -> None:
@@ -95,7 +95,7 @@ def test_hlt_exits_and_wakes_on_the_timer() -> None:
     r = kvm_snippet(TIMER_GUEST, "real", epilogue=False, defines={"TICKS": 5, "USE_HLT": 1})
     assert r.stop.reason == StopReason.SHUTDOWN_REQUEST, r.stop
     assert r.console == b"05"
-    assert r.backend.vmm.exit_counts.get("HLT", 0) >= 5
+    assert r.backend.vm.counts_by_name().get("HLT", 0) >= 5
 
 
 def test_missing_eoi_blocks_the_timer_until_the_timeout() -> None:
@@ -214,7 +214,7 @@ def test_mmio_exits_reach_the_machines_mmio_regions() -> None:
     stop = be.run(None, 5)
     assert stop.reason == StopReason.DEBUG_EXIT and stop.status == (0x2A << 1) | 1, (stop, dev.log)
     assert dev.log == [("w", 0xD0000000, 4, 0xCAFEF00D), ("r", 0xD0000000, 4), ("r", 0xD0000002, 2)]
-    assert be.vmm.exit_counts["EPT_VIOLATION"] == 3
+    assert be.vm.counts_by_name()["EPT_VIOLATION"] == 3
 
 
 def test_rdmsr_wrmsr_exit_to_the_vmm_for_filtered_msrs() -> None:
@@ -242,13 +242,13 @@ def test_rdmsr_wrmsr_exit_to_the_vmm_for_filtered_msrs() -> None:
     m = build_machine(opts)
     entry = load_image(m, opts, resolve_image(path))
     be = KvmBackend(m, msr_exits={msr: 0})
-    be.vmm.record = []
+    be.vm.keep_log = True
     be.apply_entry(entry)
     stop = be.run(None, 5)
     assert stop.status == (0x21 << 1) | 1, stop
-    reasons = [e.reason for e in be.vmm.record if e.reason != ExitReason.IO_INSTRUCTION]
+    reasons = [e.reason for e in be.vm.exits_log if e.reason != ExitReason.IO_INSTRUCTION]
     assert reasons == [ExitReason.WRMSR, ExitReason.RDMSR]
-    assert be.vmm.msrs[msr] == 0x22222222_11111111
+    assert be.vm.msrs.values[msr] == 0x22222222_11111111
 
 
 def test_unknown_msr_gives_gp_through_the_vmm() -> None:
@@ -266,7 +266,7 @@ def test_unknown_msr_gives_gp_through_the_vmm() -> None:
     """
     r = kvm_snippet(body)
     assert r.stop.status == (0x0D << 1) | 1, r.stop
-    assert r.backend.vmm.exit_counts["RDMSR"] == 1
+    assert r.backend.vm.counts_by_name()["RDMSR"] == 1
 
 
 def test_single_step_and_hardware_breakpoint() -> None:
@@ -341,11 +341,11 @@ def test_multiboot_aout_kernel(tmp_path: Path) -> None:
 def long_mode_guest(tmp_path: Path, body: str, **vcpu_kw):
     """A 64-bit ring-0 guest at 0x100000 (Linux's boot GDT and 4 GiB identity map)."""
     from vmxlab.backends.kvm.entry import LongModeState
-    from vmxlab.backends.kvm.exitloop import InterimVmm
     from vmxlab.backends.kvm.vcpu import KvmGuestVcpu
     from vmxlab.devices.board import attach_standard_devices
     from vmxlab.linux.boot import BOOT_CS, BOOT_DS, BOOT_GDT, GDT_ADDR
     from vmxlab.linux.pagetables import identity_map
+    from vmxlab.vmm.vm import VirtualMachine
 
     src = tmp_path / "g64.asm"
     src.write_text("bits 64\norg 0x100000\n" + body)
@@ -360,7 +360,7 @@ def long_mode_guest(tmp_path: Path, body: str, **vcpu_kw):
     v = KvmGuestVcpu(m, **vcpu_kw)
     v.apply_long_mode(LongModeState(rip=0x100000, cr3=cr3, gdt_base=GDT_ADDR, gdt=BOOT_GDT, cs=BOOT_CS,
                                     ds=BOOT_DS, regs={"rsp": 0x8000}, cr4_extra=0x600))  # OSFXSR, OSXMMEXCPT
-    return m, v, InterimVmm(v)
+    return m, v, VirtualMachine(m, v, None)
 
 
 FALLBACK_GUEST = """
@@ -558,7 +558,7 @@ def test_trace_records_vm_exits_and_port_accesses(tmp_path: Path) -> None:
     events = [json.loads(line) for line in trace.read_text().splitlines()]
     exits = [e for e in events if e["kind"] == "vm-exit"]
     ios = [e for e in events if e["kind"] == "io"]
-    assert exits and len(exits) == len(ios) == r.backend.vmm.exit_counts["IO_INSTRUCTION"]
+    assert exits and len(exits) == len(ios) == r.backend.vm.counts_by_name()["IO_INSTRUCTION"]
     first = exits[0]
     assert first["reason"] == 30 and first["reason_name"] == "IO_INSTRUCTION"
     assert IoQualification.decode(first["qualification"]).port == ios[0]["port"]

@@ -86,7 +86,7 @@ COMPARISONS: list[Comparison] = [
     Comparison("alu-mem-ring3-paging", "alu_mem_ring3.asm", 1_000, 2_000_000, 50_000_000, 1_000_000_000),
     # kernel-mix: n is above 64 * 256 iterations, where each task has faulted in all of its data pages and the
     # work per iteration becomes constant (system calls, timer preemption; the count is linear from there on)
-    Comparison("kernel-mix", "kernel_mix.asm", 20_000, 100_000, 10_000_000, 40_000_000, quick_divisor=4),
+    Comparison("kernel-mix", "kernel_mix.asm", 20_000, 200_000, 10_000_000, 40_000_000, quick_divisor=4),
 ]
 
 

@@ -111,9 +111,10 @@ class RunResult:
             d["exits"] = self.backend.exit_summary()
         vm = getattr(self.backend, "vm", None)
         if vm is not None:
-            d["policy"] = vm.policy.summary()
             d["vm_exits"] = vm.exit_counts()
-            d["final_state"] = vm.vcpu.get_regs()
+            if vm.policy is not None:  # emu --vmx: the exit policy and the guest's registers from the VMCS
+                d["policy"] = vm.policy.summary()
+                d["final_state"] = vm.vcpu.get_regs()
         return d
 
     def exit_table(self) -> str:
@@ -123,7 +124,8 @@ class RunResult:
             return ""
         rows = vm.exit_counts()
         total = sum(r["count"] for r in rows)
-        lines = [f"VM exits: {total} (policy {vm.policy.summary()})"]
+        policy = f"policy {vm.policy.summary()}" if vm.policy is not None else "exits KVM hands to user space"
+        lines = [f"VM exits: {total} ({policy})"]
         lines += [f"  {r['count']:>8}  {r['reason']:>3} {r['name']}" for r in rows]
         return "\n".join(lines)
 

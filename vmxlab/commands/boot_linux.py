@@ -70,13 +70,13 @@ def build_cmdline(user: str, pvm: bool, run_cmd: str | None) -> str:
 def boot(args: argparse.Namespace, echo: bool = True):
     """Set up and run; returns (stop, seconds, console, backend pieces) for the summary and tests."""
     from ..backends.kvm.availability import is_pvm
-    from ..backends.kvm.exitloop import InterimVmm
     from ..backends.kvm.vcpu import KvmGuestVcpu
     from ..backends.select import kvm_available
     from ..devices.board import attach_standard_devices
     from ..linux.boot import BOOT_MSRS, load_linux
     from ..linux.milestones import MilestoneConsole
     from ..machine.machine import Machine
+    from ..vmm.vm import VirtualMachine
 
     ok, why = kvm_available()
     if not ok:
@@ -102,7 +102,7 @@ def boot(args: argparse.Namespace, echo: bool = True):
             with contextlib.suppress(OSError):
                 vcpu.set_msrs({index: value})
         vcpu.apply_long_mode(lb.long_mode_state())
-        vmm = InterimVmm(vcpu)
+        vmm = VirtualMachine(machine, vcpu, None)  # the same VMM and handlers as every other run
         uart = machine.devices["com1"]
         send = getattr(args, "send", None)
         if send:
@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         "stop_reason": stop.reason.value, "stop_detail": stop.detail, "seconds": round(seconds, 1),
         "last_milestone": last.name if last else None,
         "milestones": [{"name": m.name, "seconds": round(m.seconds, 1)} for m in console.reached],
-        "vm_exits": dict(vmm.exit_counts), "kvm_exits": dict(vcpu.stats.kvm_exits),
+        "vm_exits": vmm.counts_by_name(), "kvm_exits": dict(vcpu.stats.kvm_exits),
         "emulated_by_vmxlab": dict(vcpu.fallback.counts) if vcpu.fallback else {},
         "syscalls_completed_by_vmxlab": vcpu.syscalls.fixups if vcpu.syscalls is not None else 0,
         "entry": lb.entry_kind, "cmdline": lb.cmdline,
@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
               f"({stop.reason.value}{': ' + stop.detail if stop.detail else ''})", file=sys.stderr)
         print("vmxlab: milestones (host seconds since start):", file=sys.stderr)
         print(console.table(), file=sys.stderr)
-        exits = ", ".join(f"{n} {c}" for n, c in sorted(vmm.exit_counts.items(), key=lambda kv: -kv[1]))
+        exits = ", ".join(f"{n} {c}" for n, c in sorted(vmm.counts_by_name().items(), key=lambda kv: -kv[1]))
         print(f"vmxlab: VM exits: {exits}", file=sys.stderr)
         if vcpu.syscalls is not None and vcpu.syscalls.fixups:
             print(f"vmxlab: SYSCALLs from user mode completed by vmxlab (PVM host): {vcpu.syscalls.fixups} "

@@ -57,6 +57,7 @@ PAGE = 0x1000
 #: how much memory above guest RAM the VMM reserves for its own structures
 VMM_AREA = 2 << 20
 GPR_NAMES = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
+MASKS = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF}
 
 
 class EmuVcpu:
@@ -259,6 +260,44 @@ class EmuVcpu:
         blocking = self.vmread(F.GUEST_INTERRUPTIBILITY_STATE)
         if blocking & 3:
             self.vmwrite(F.GUEST_INTERRUPTIBILITY_STATE, blocking & ~3)
+
+    # the completion protocol shared with the kvm vCPU (vmm/vcpu.py): on emu the VMM finishes the
+    # instruction itself -- registers, then GUEST_RIP
+
+    def io_count(self, exit_: VmExit) -> int:
+        return 1  # string I/O is replayed instead (replay_io)
+
+    def io_out_value(self, exit_: VmExit) -> list[int]:
+        return [self.cpu.regs[0] & MASKS[exit_.decoded.size]]
+
+    def complete_io_in(self, exit_: VmExit, values: list[int]) -> None:
+        mask = MASKS[exit_.decoded.size]
+        self.cpu.regs[0] = (self.cpu.regs[0] & ~mask & 0xFFFFFFFF) | (values[0] & mask)
+        self.skip_instruction(exit_)
+
+    def complete_io_out(self, exit_: VmExit) -> None:
+        self.skip_instruction(exit_)
+
+    def msr_index(self, exit_: VmExit) -> int:
+        return self.cpu.regs[1]  # ECX (SDM Vol.2 RDMSR/WRMSR)
+
+    def wrmsr_value(self, exit_: VmExit) -> int:
+        return self.cpu.regs[2] << 32 | self.cpu.regs[0]  # EDX:EAX
+
+    def complete_rdmsr(self, exit_: VmExit, value: int | None) -> None:
+        """RDMSR gets EDX:EAX, or #GP(0) for an MSR the VMM does not provide (SDM Vol.2 RDMSR)."""
+        if value is None:
+            self.inject_exception(13, 0)  # #GP(0)
+            return
+        self.cpu.regs[0] = value & 0xFFFFFFFF
+        self.cpu.regs[2] = (value >> 32) & 0xFFFFFFFF
+        self.skip_instruction(exit_)
+
+    def complete_wrmsr(self, exit_: VmExit, ok: bool) -> None:
+        if not ok:
+            self.inject_exception(13, 0)  # #GP(0)
+            return
+        self.skip_instruction(exit_)
 
     def inject(self, vector: int, kind: InterruptionType, error_code: int | None = None,
                instruction_length: int = 0) -> None:

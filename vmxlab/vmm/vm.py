@@ -62,10 +62,27 @@ class VmmPorts(PortBus):
     """The I/O bus as the guest sees it under the VMM: the VMM's own ports first, then the machine's."""
 
     def __init__(self, inner: PortBus) -> None:
-        super().__init__()
         self.inner = inner
+        super().__init__()
         self.vmm_ports: dict[int, tuple[Callable[[int, int], int], Callable[[int, int, int], None]]] = {}
         self.unclaimed = inner.unclaimed
+
+    # the trace hooks belong to the device bus behind the VMM (so tracing sees every device access)
+    @property
+    def on_access(self):
+        return self.inner.on_access
+
+    @on_access.setter
+    def on_access(self, hook) -> None:
+        self.inner.on_access = hook
+
+    @property
+    def on_unclaimed(self):
+        return self.inner.on_unclaimed
+
+    @on_unclaimed.setter
+    def on_unclaimed(self, hook) -> None:
+        self.inner.on_unclaimed = hook
 
     def add(self, port: int, read: Callable[[int, int], int], write: Callable[[int, int, int], None]) -> None:
         self.vmm_ports[port] = (read, write)
@@ -100,11 +117,16 @@ class VirtualMsrs:
 class VirtualMachine:
     """A guest, the vCPU it runs on, and the VMM's view of it (exit counts, virtual state)."""
 
-    def __init__(self, machine: Machine, vcpu: EmuVcpu, policy: Policy,
-                 cpuid_table: dict | None = None) -> None:
+    def __init__(self, machine: Machine, vcpu: EmuVcpu, policy: Policy | None,
+                 cpuid_table: dict | None = None, msrs: dict[int, int] | None = None) -> None:
         self.machine = machine
         self.vcpu = vcpu
         self.policy = policy
+        #: the software CPU's VMX (True) or /dev/kvm (False): KVM produces only the exits a PC guest
+        #: needs in user space (I/O, MMIO, HLT, MSRs, shutdown, debug) and completes instructions itself
+        self.emu = vcpu.backend == "emu"
+        #: a Tracer for exits on kvm (on emu the VMX layer reports its own VM entries and exits)
+        self.tracer = None
         self.stats: Counter[int] = Counter()
         self.exits_log: list[VmExit] = []
         self.keep_log = False
@@ -113,24 +135,30 @@ class VirtualMachine:
         self.dr = [0, 0, 0, 0, 0, 0, 0xFFFF0FF0]
         self.pending_irq: int | None = None
         self._depth = 0  # nesting of handle(): a replayed instruction may exit again
-        self.guest = GuestMemory(vcpu.vmx)
-        self.guest.on_write = self._guest_written
+        if msrs:
+            self.msrs.values.update(msrs)
         self.ports = VmmPorts(machine.ports)
         machine.ports = self.ports
         self.ports.add(BACKDOOR_PORT, self._backdoor_read, lambda p, s, v: None)
         self.shadows: ShadowTables | None = None
-        for msr in (cid.MSR_FEATURE_CONTROL, cid.MSR_APIC_BASE, cid.MSR_MISC_ENABLE, 0x480, 0x481, 0x482):
-            vcpu.intercept_msr(msr)
+        if self.emu:
+            self.guest = GuestMemory(vcpu.vmx)
+            self.guest.on_write = self._guest_written
+            for msr in (cid.MSR_FEATURE_CONTROL, cid.MSR_APIC_BASE, cid.MSR_MISC_ENABLE, 0x480, 0x481, 0x482):
+                vcpu.intercept_msr(msr)
 
     def start(self) -> None:
         """After the guest state is in place: shadow tables (if the policy runs the guest on them)."""
-        if self.policy.shadow_tables:
+        if self.emu and self.policy is not None and self.policy.shadow_tables:
             self.shadows = ShadowTables(self.vcpu)
 
     # ------------------------------------------------------------------ the loop
 
     def run(self, max_instructions: int | None = None, timeout: float | None = None) -> StopRequest:
         vcpu = self.vcpu
+        self.machine.stop = None
+        if not self.emu:
+            max_instructions = None  # KVM counts no guest instructions: only the timeout bounds a run
         limit = None if max_instructions is None else vcpu.icount + max_instructions
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -156,6 +184,8 @@ class VirtualMachine:
         if isinstance(result, EntryFailure):
             return StopRequest(StopReason.ERROR, detail=f"VM entry failed: {result}")
         self.stats[result.raw_reason & 0xFFFF] += 1
+        if self.tracer is not None:
+            self._trace_exit(result)
         if self._depth > 8:  # a replayed instruction keeps exiting the same way: a VMM bug, not a guest one
             return StopRequest(StopReason.ERROR, detail=f"the VMM cannot complete the guest's instruction: {result}")
         if self.keep_log:
@@ -199,12 +229,27 @@ class VirtualMachine:
             out.append({"reason": number, "name": name, "count": count})
         return out
 
+    def counts_by_name(self) -> dict[str, int]:
+        """VM exits by SDM reason name (for summaries and ``vmxlab compare``)."""
+        return {row["name"]: row["count"] for row in self.exit_counts()}
+
+    def _trace_exit(self, e: VmExit) -> None:
+        """kvm only: a "vm-exit" trace event per exit, in the same shape the emu VMX layer emits."""
+        regs = self.vcpu.get_regs()
+        self.tracer.emit("vm-exit", eip=e.guest_rip, cs=regs.get("cs", 0), cpl=regs.get("cpl", 0),
+                         reason=int(e.raw_reason & 0xFFFF), reason_name=e.name, qualification=e.qualification,
+                         fields=str(e.decoded) if e.decoded is not None else None, vmx="non-root",
+                         guest={"rip": e.guest_rip, "rsp": e.guest_rsp, "length": e.instruction_length,
+                                "gpa": e.guest_physical_address})
+
     # ------------------------------------------------------------------ handlers: events
 
     def on_exception(self, e: VmExit) -> StopRequest | None:
         """Exit 0: an exception the exception bitmap intercepts.  The VMM has no use for it here, so it
         reflects it into the guest unchanged -- #PF with CR2 = the qualification (SDM Vol.3C 28.2.1:
         CR2 is not loaded when a #PF exits)."""
+        if not self.emu:  # KVM reports only debug events (single-step, breakpoints): a stop for the user
+            return StopRequest(StopReason.VM_EXIT, detail=str(e))
         info = e.interruption
         if info is None:
             return None
@@ -228,15 +273,18 @@ class VirtualMachine:
         return None
 
     def on_interrupt_window(self, e: VmExit) -> StopRequest | None:
+        if not self.emu:  # the KVM vCPU injects the PIC's pending interrupt itself on its next entry
+            return None
         self.vcpu.request_interrupt_window(False)
         if self.pending_irq is not None and self.vcpu.inject_interrupt(self.pending_irq):
             self.pending_irq = None
         return None
 
     def on_triple_fault(self, e: VmExit) -> StopRequest:
+        """SDM Vol.3A 6.15: a fault while delivering #DF shuts the processor down -- the guest's, here."""
         regs = self.vcpu.get_regs()
-        return StopRequest(StopReason.TRIPLE_FAULT, detail=f"guest triple fault at {regs['cs']:04x}:"
-                           f"{regs['eip']:08x} (VM exit 2)")
+        return StopRequest(StopReason.TRIPLE_FAULT, detail=f"guest triple fault at {regs.get('cs', 0):04x}:"
+                           f"{regs.get('eip', e.guest_rip):08x} (VM exit 2)")
 
     def on_preemption_timer(self, e: VmExit) -> None:
         return None
@@ -262,6 +310,8 @@ class VirtualMachine:
         HLT activity state; an injected interrupt wakes it (SDM Vol.3C 27.6.1)."""
         v = self.vcpu
         v.skip_instruction(e)
+        if not self.emu:
+            return v.wait_for_interrupt()  # KVM: block until the PIC, a timer or the terminal has something
         if not v.vmread(F.GUEST_RFLAGS) & (1 << 9):
             return StopRequest(StopReason.HALTED, detail="the guest executed HLT with interrupts disabled")
         if self.pending_irq is not None and v.inject_interrupt(self.pending_irq):
@@ -318,15 +368,14 @@ class VirtualMachine:
         with the access let through (emu_vcpu.replay_io) so REP/DF/faults stay exact."""
         q = e.decoded
         v = self.vcpu
-        if q.string:
+        if q.string and self.emu:
             return self.handle(v.replay_io(e))
-        size = q.size
         if q.direction_in:
-            value = self.ports.read(q.port, size) & MASK[size]
-            v.set_gpr(EAX, (v.gpr(EAX) & ~MASK[size] & 0xFFFFFFFF) | value)
+            v.complete_io_in(e, [self.ports.read(q.port, q.size) for _ in range(v.io_count(e))])
         else:
-            self.ports.write(q.port, size, v.gpr(EAX) & MASK[size])
-        v.skip_instruction(e)
+            for value in v.io_out_value(e):
+                self.ports.write(q.port, q.size, value)
+            v.complete_io_out(e)
         return None
 
     def _backdoor_read(self, port: int, size: int) -> int:
@@ -338,29 +387,21 @@ class VirtualMachine:
         return 0xFFFFFFFF
 
     def on_rdmsr(self, e: VmExit) -> None:
+        """Exit 31: the VMM's virtual MSRs; an MSR it does not know gets #GP(0), as on hardware."""
         v = self.vcpu
-        value = self._read_msr(v.gpr(ECX))
-        if value is None:
-            v.inject_exception(Vector.GP, 0)
-            return
-        v.set_gpr(EAX, value & 0xFFFFFFFF)
-        v.set_gpr(EDX, (value >> 32) & 0xFFFFFFFF)
-        v.skip_instruction(e)
+        v.complete_rdmsr(e, self._read_msr(v.msr_index(e)))
 
     def on_wrmsr(self, e: VmExit) -> None:
         v = self.vcpu
-        index = v.gpr(ECX)
-        value = v.gpr(EDX) << 32 | v.gpr(EAX)
-        if not self._write_msr(index, value):
-            v.inject_exception(Vector.GP, 0)
-            return
-        v.skip_instruction(e)
+        v.complete_wrmsr(e, self._write_msr(v.msr_index(e), v.wrmsr_value(e)))
 
     _SYSENTER = {cid.MSR_SYSENTER_CS: F.GUEST_IA32_SYSENTER_CS, cid.MSR_SYSENTER_ESP: F.GUEST_IA32_SYSENTER_ESP,
                  cid.MSR_SYSENTER_EIP: F.GUEST_IA32_SYSENTER_EIP}
 
     def _read_msr(self, index: int) -> int | None:
         v = self.vcpu
+        if not self.emu:
+            return self.msrs.values.get(index)
         if index == cid.MSR_TSC:
             from ..cpu.ops.system import read_tsc
 
@@ -373,6 +414,11 @@ class VirtualMachine:
 
     def _write_msr(self, index: int, value: int) -> bool:
         v = self.vcpu
+        if not self.emu:
+            if index not in self.msrs.values:
+                return False
+            self.msrs.values[index] = value
+            return True
         if index == cid.MSR_EFER:
             if value & ~cid.MSR_WRITABLE[cid.MSR_EFER]:
                 return False
@@ -548,6 +594,8 @@ class VirtualMachine:
         a table the VMM shadows.  The instruction is replayed with that page reachable for one step."""
         gpa = e.guest_physical_address
         v = self.vcpu
+        if not self.emu:
+            return self._mmio_by_completion(e)
         if self.shadows is not None:
             table = self.shadows.table_for(gpa)
             if table is not None:
@@ -562,6 +610,23 @@ class VirtualMachine:
             return StopRequest(StopReason.ERROR, detail=f"guest touched the VMM's memory at {gpa:#x}")
         self.note(f"MMIO access at guest-physical {gpa:#x}")
         return self.handle(v.replay_with_page(gpa))
+
+    def _mmio_by_completion(self, e: VmExit) -> None:
+        """kvm: KVM's emulator decoded the access; the VMM supplies the device's answer (or takes the
+        store) from the machine's MMIO regions -- unbacked addresses read as all ones."""
+        addr, size, is_write, value = self.vcpu.mmio_access(e)
+        memory = self.machine.memory
+        natural = size in (1, 2, 4, 8)
+        if is_write:
+            if natural:
+                memory.write(addr, size, value)
+            else:
+                memory.write_bytes(addr, value.to_bytes(size, "little"))
+            self.vcpu.complete_mmio_write(e)
+        else:
+            value = memory.read(addr, size) if natural else int.from_bytes(memory.read_bytes(addr, size), "little")
+            self.vcpu.complete_mmio_read(e, value)
+        return None
 
     def on_ept_misconfiguration(self, e: VmExit) -> StopRequest:
         return StopRequest(StopReason.ERROR, detail=f"EPT misconfiguration at {e.guest_physical_address:#x}: "

@@ -1,15 +1,15 @@
 """The ``kvm`` backend as the runner sees it: ``apply_entry``, ``run`` -> StopRequest, a summary.
 
 Same images, same Machine, same device models as ``emu`` (backends/emu.py); the guest runs
-on the host CPU through /dev/kvm (:class:`~.vcpu.KvmGuestVcpu`) and its exits go to the
-interim exit dispatcher (:class:`~.exitloop.InterimVmm`), which the VMM replaces later.
+on the host CPU through /dev/kvm (:class:`~.vcpu.KvmGuestVcpu`) and its exits go to the same
+VMM as on ``emu`` (:class:`vmxlab.vmm.vm.VirtualMachine`: one handler table for both).
 """
 
 from __future__ import annotations
 
 from ...machine.loaders import EntryState
 from ...machine.machine import Machine, StopRequest
-from .exitloop import InterimVmm
+from ...vmm.vm import VirtualMachine
 from .vcpu import CpuidFilter, KvmGuestVcpu
 
 
@@ -23,12 +23,13 @@ class KvmBackend:
         self.machine = machine
         self.vcpu = KvmGuestVcpu(machine, irqchip=irqchip, cpuid_filter=cpuid_filter,
                                  msr_exits=(msr_exits or {}).keys())
-        self.vmm = InterimVmm(self.vcpu, msr_exits)
+        self.vm = VirtualMachine(machine, self.vcpu, None, msrs=msr_exits)
+        self.vmm = self.vm  # older name, kept for callers
 
     def attach_tracer(self, tracer) -> None:
         """``--trace``/``--show``: every VM exit (with its SDM reason and qualification) and every port
         access become trace events (there is no software CPU to report rings or instructions)."""
-        self.vmm.tracer = tracer
+        self.vm.tracer = tracer
         ports = self.machine.ports
         if "io" in tracer.kinds:
             def io(port: int, size: int, is_write: bool, value: int) -> None:
@@ -41,14 +42,14 @@ class KvmBackend:
         self.vcpu.apply_entry(entry)
 
     def run(self, max_instructions: int | None = None, timeout: float | None = None) -> StopRequest:
-        return self.vmm.run(max_instructions, timeout)
+        return self.vm.run(max_instructions, timeout)
 
     def state_dict(self) -> dict:
         return self.vcpu.state_dict()
 
     def summary(self) -> str:
         """"instructions: n/a, 1234 VM exits (IO_INSTRUCTION 1200, HLT 34), ..." for the run summary."""
-        counts = self.vmm.exit_counts
+        counts = self.vm.counts_by_name()
         total = sum(counts.values())
         parts = ", ".join(f"{n} {c}" for n, c in sorted(counts.items(), key=lambda kv: -kv[1]))
         s = f"instructions: n/a (KVM counts none), {total} VM exits" + (f" ({parts})" if parts else "")
@@ -60,7 +61,7 @@ class KvmBackend:
         return s
 
     def exit_summary(self) -> dict:
-        return {"vm_exits": dict(self.vmm.exit_counts), "kvm_exits": dict(self.vcpu.stats.kvm_exits),
+        return {"vm_exits": self.vm.counts_by_name(), "kvm_exits": dict(self.vcpu.stats.kvm_exits),
                 "io_exits": self.vcpu.io_exits, "kicks": self.vcpu.stats.kicks,
                 "injected_interrupts": self.vcpu.stats.injected_interrupts,
                 "emulated_instructions": dict(self.vcpu.fallback.counts) if self.vcpu.fallback else {}}
