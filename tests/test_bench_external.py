@@ -127,3 +127,37 @@ def test_emulator_runs_the_ring3_loop(emulator_cls) -> None:
     run = emulator_cls().run(build_image(BENCH_DIR / "alu_mem_ring3.asm", 1000), timeout=120)
     assert run.ok, run.detail
     assert run.status == 0
+
+
+def test_pypy_iced_stand_in_answers_like_iced() -> None:
+    """bench/external/pypy_iced (the iced_x86 stand-in scripts/pypy-bench.sh uses under PyPy) must give the
+    answers vmxlab reads from the real iced-x86.  Checked here under CPython, in a child whose iced_x86 is
+    the stand-in (its own child runs the real one)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = bytes.fromhex("8b06" "03c3" "8907" "83c203" "49" "75f4" "66ff7510" "e6f4")  # the pm32 loop, push, out
+    script = (
+        "import json, sys, iced_x86\n"
+        f"d = iced_x86.Decoder(32, bytes.fromhex({code.hex()!r}), ip=0x100000)\n"
+        "out = []\n"
+        "while d.can_decode:\n"
+        "    i = d.decode()\n"
+        "    out.append([i.code, i.mnemonic, i.len, i.op_count, [i.op_kind(k) for k in range(i.op_count)],\n"
+        "                [i.op_register(k) for k in range(i.op_count)], i.memory_base, i.memory_displacement,\n"
+        "                i.near_branch_target if i.flow_control == iced_x86.FlowControl.CONDITIONAL_BRANCH else 0,\n"
+        "                i.op_code().operand_size, str(i), sorted(u.register for u in\n"
+        "                iced_x86.InstructionInfoFactory().info(i).used_registers())])\n"
+        "print(json.dumps([iced_x86.__file__, out]))\n"
+    )
+    shim = BENCH_DIR / "external" / "pypy_iced"
+    env = dict(os.environ, PYTHONPATH=str(shim), VMXLAB_ICED_PYTHON=sys.executable)
+    stand_in = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert stand_in.returncode == 0, stand_in.stderr
+    real = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    shim_file, shim_out = json.loads(stand_in.stdout)
+    real_file, real_out = json.loads(real.stdout)
+    assert str(shim) in shim_file and str(shim) not in real_file  # really the stand-in, really iced
+    assert shim_out == real_out and len(real_out) == 8

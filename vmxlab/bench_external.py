@@ -14,14 +14,16 @@ How the three are made comparable:
   so it runs under its built-in debugger (Debian builds Bochs with it) with a linear-address
   breakpoint on every ``out 0xF4, al`` of the guest; at the breakpoint the debugger prints the tick
   count and AL (the exit status), and is told to quit.  The guest sources stay untouched.
-* Same instructions: vmxlab counts retired instructions exactly.  The emulators' runs take much longer
-  ITERs (they are 10-100x faster, and a run must last long enough to rise above their start-up
-  jitter), so their instruction count comes from vmxlab's own counts at two small ITERs: the loops are
-  linear in ITER (checked against Bochs's own tick count, which equals its instruction count with
+* Same instructions: vmxlab counts retired instructions exactly.  The emulators run much longer ITERs
+  (they are 6-140x faster, and a run must last seconds to rise above their start-up jitter), so their
+  instruction count is vmxlab's count per ITER (from its runs at n and N) times their N - n: the loops
+  are linear in ITER (checked against Bochs's own tick count, which equals its instruction count with
   ``clock: sync=none``).
-* Start-up removed: an emulator's time is ``t(ITER=N) - t(ITER=n)`` with a small n, each the best of
-  ``repeat`` runs, which subtracts process start, BIOS POST and the loader.  vmxlab's own figure is
-  the execution time of its usual bench row (set-up excluded), best of ``repeat``.
+* Start-up and warm-up removed: every engine's time is ``t(ITER=N) - t(ITER=n)``, each the best of
+  ``repeat`` runs.  For the emulators that subtracts process start, BIOS POST, the loader and their
+  translation warm-up; for vmxlab (timed over execution only, set-up excluded) block translation,
+  compile() of hot blocks and, under PyPy, the JIT's warm-up.  The figures are steady-state speeds;
+  ``vmxlab bench``'s own rows time whole runs.
 
 Bochs's ``cpu: ips=`` only sets how its virtual clock relates to instructions (with ``clock:
 sync=none`` nothing is throttled); it is set to vmxlab's instruction clock (10 ns per instruction,
@@ -34,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import re
 import shutil
 import signal
@@ -41,6 +44,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,12 +65,15 @@ BOCHS_BIN = "bochs-bin"
 BOCHS_SHARE = Path("/usr/share/bochs")
 QEMU_BINS = ("qemu-system-i386", "qemu-system-x86_64")
 RUN_TIMEOUT = 900.0
+#: under PyPy vmxlab runs 2-5x faster once its JIT has warmed up, and the warm-up itself varies from run
+#: to run by a good part of a second: longer runs keep t(N) - t(n) well above that noise
+PYPY_FACTOR = 5
 
 
 @dataclass(frozen=True)
 class Comparison:
     """One guest measured on all three engines, each over ITER = n .. N with its own N: the emulators are
-    10-100x faster than vmxlab and their runs must last seconds to rise above their start-up jitter."""
+    6-140x faster than vmxlab and their runs must last seconds to rise above their start-up jitter."""
 
     name: str  # as the vmxlab bench row of the same guest (benchmarks.BENCHES)
     source: str
@@ -78,6 +85,8 @@ class Comparison:
 
     def big_iter(self, engine: str, quick: bool) -> int:
         n = {"vmxlab": self.vmxlab_iter, "Bochs": self.bochs_iter}.get(engine, self.qemu_iter)
+        if engine == "vmxlab" and platform.python_implementation() == "PyPy":
+            n *= PYPY_FACTOR
         return max(2 * self.small_iter, n // self.quick_divisor) if quick else n
 
 
@@ -139,7 +148,8 @@ def build_image(source: Path, iters: int) -> GuestImage:
 
 
 def _run_process(cmd: list[str], *, stdin: bytes = b"", env: dict | None = None, cwd: str | None = None,
-                 timeout: float = RUN_TIMEOUT, on_stderr_line=None) -> tuple[int | None, bytes, bytes, float]:
+                 timeout: float = RUN_TIMEOUT, on_stderr_line: Callable[[bytes], None] | None = None,
+                 ) -> tuple[int | None, bytes, bytes, float]:
     """Run ``cmd`` in its own process group; return (returncode or None on timeout, stdout, stderr, seconds).
 
     The wall time runs from just before the fork to the reaping of the process: what a user waits."""
@@ -365,6 +375,10 @@ class VmxlabRun:
     status: int
 
 
+class VmxlabFailed(Exception):
+    """vmxlab did not reach the guest's isa-debug-exit: the row is reported as failed, not timed."""
+
+
 def run_vmxlab(source: Path, iters: int) -> VmxlabRun:
     """Run the guest as the bench rows do (flat at 0x100000, pm32 entry, fast engine).  The status is the
     value written to isa-debug-exit (vmxlab's stop status is QEMU's process status, (value << 1) | 1)."""
@@ -374,7 +388,7 @@ def run_vmxlab(source: Path, iters: int) -> VmxlabRun:
     r = run_image(RunOptions(image=source, format="flat", load=LOAD_ADDR, entry=f"pm32:{LOAD_ADDR:#x}", echo=False,
                              defines={"ITER": iters}, max_instructions=10**10))
     if r.stop.reason != StopReason.DEBUG_EXIT:
-        raise RuntimeError(f"{source.name} ITER={iters}: vmxlab stopped with {r.stop.reason.value}")
+        raise VmxlabFailed(f"ITER={iters}: vmxlab stopped with {r.stop.reason.value} {r.stop.detail}".rstrip())
     return VmxlabRun(r.instructions or 0, r.seconds, r.console, r.stop.status >> 1)
 
 
@@ -385,12 +399,16 @@ def time_vmxlab(source: Path, small: int, big: int, repeat: int) -> dict:
     best: dict[int, VmxlabRun] = {}
     for _ in range(repeat):
         for n in (small, big):
-            run = run_vmxlab(source, n)
+            try:
+                run = run_vmxlab(source, n)
+            except VmxlabFailed as e:
+                return {"ok": False, "detail": str(e)}
             if n not in best or run.seconds < best[n].seconds:
                 best[n] = run
     instructions = best[big].instructions - best[small].instructions
     dt = best[big].seconds - best[small].seconds
     return {"ok": True, "iter": big, "small_iter": small, "instructions": instructions, "seconds": round(dt, 3),
+            "t_big": round(best[big].seconds, 3), "t_small": round(best[small].seconds, 3),
             "mips": round(instructions / dt / 1e6, 2) if dt > 0 else 0.0,
             "per_iteration": instructions / (big - small), "status": best[small].status,
             "small_output": best[small].output.decode(errors="replace")}
@@ -424,7 +442,7 @@ def time_emulator(emu: Emulator, source: Path, small: int, big: int, repeat: int
 
 
 def run_comparisons(quick: bool = False, repeat: int = 3, names: list[str] | None = None,
-                    progress=None) -> dict:
+                    progress: Callable[[str], None] | None = None) -> dict:
     """Measure every Comparison on vmxlab and on each installed emulator; return a JSON-able report."""
     say = progress or (lambda msg: None)
     emulators = [cls() for cls in EMULATORS]
@@ -443,6 +461,9 @@ def run_comparisons(quick: bool = False, repeat: int = 3, names: list[str] | Non
         for emu in emulators:
             if info[emu.label].get("missing"):
                 row[emu.label] = {"ok": False, "skipped": info[emu.label]["missing"]}
+                continue
+            if not row["vmxlab"]["ok"]:  # no instruction count per ITER to time them by
+                row[emu.label] = {"ok": False, "skipped": "vmxlab failed on this guest"}
                 continue
             big = c.big_iter(emu.label, quick)
             say(f"  {c.name}: {emu.label} ITER={big:,} and {c.small_iter:,}, best of {repeat}")
@@ -474,8 +495,12 @@ def format_report(report: dict) -> str:
     lines += [head, "-" * len(head)]
     for row in report["rows"]:
         v = row["vmxlab"]
-        lines.append(f"{row['name']:<22} {'vmxlab':<9} {v['iter'] - v['small_iter']:>15,} {v['instructions']:>15,} "
-                     f"{v['seconds']:>8.3f} {v['mips']:>10.2f}  {'':<16} status {v['status']}")
+        if not v["ok"]:
+            lines.append(f"{row['name']:<22} {'vmxlab':<9} FAILED: {v['detail']}")
+        else:
+            lines.append(f"{row['name']:<22} {'vmxlab':<9} {v['iter'] - v['small_iter']:>15,} "
+                         f"{v['instructions']:>15,} {v['seconds']:>8.3f} {v['mips']:>10.2f}  {'':<16} "
+                         f"status {v['status']}")
         for label in report["emulators"]:
             r = row[label]
             if r.get("skipped"):

@@ -65,7 +65,8 @@ class Cmos:
     def __init__(self, machine: Machine, base_time: dt.datetime | None = None) -> None:
         self.machine = machine
         if base_time is None:
-            base_time = dt.datetime.now(dt.UTC).replace(microsecond=0, tzinfo=None)
+            # timezone.utc, not dt.UTC (3.11): the CMOS also runs on PyPy's Python 3.9 (docs/bench.md)
+            base_time = dt.datetime.now(dt.timezone.utc).replace(microsecond=0, tzinfo=None)  # noqa: UP017
         self.base_time = base_time
         self.index = 0
         self.nmi_disabled = False
