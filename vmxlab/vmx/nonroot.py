@@ -24,7 +24,7 @@ from ..cpu.interrupts import EventKind, deliver
 from ..cpu.ops.system import read_tsc
 from ..cpu.state import CR0_PE, CR0_PG, CR0_TS, ES
 from ..machine.machine import StopReason, StopRequest
-from .controls import PIN_BASED_CTLS, PRIMARY_PROC_BASED_CTLS, SECONDARY_PROC_BASED_CTLS, VM_EXIT_CTLS
+from .controls import PIN_BASED_CTLS, PRIMARY_PROC_BASED_CTLS, SECONDARY_PROC_BASED_CTLS, VM_EXIT_CTLS, bits
 from .exit_reasons import VM_ENTRY_FAILURE, ExitReason, describe
 from .fields import CR3_TARGET_VALUE, VmcsField
 from .insn import (
@@ -64,8 +64,10 @@ if TYPE_CHECKING:
     from .vmcs import Vmcs
 
 F = VmcsField
-P = PRIMARY_PROC_BASED_CTLS
-S = SECONDARY_PROC_BASED_CTLS
+P = bits(PRIMARY_PROC_BASED_CTLS)
+S = bits(SECONDARY_PROC_BASED_CTLS)
+PIN = bits(PIN_BASED_CTLS)
+EXIT = bits(VM_EXIT_CTLS)
 M32 = 0xFFFFFFFF
 
 # MSR bitmaps (SDM Vol.3C 25.6.9, "MSR-Bitmap Address"): four 1-KiB bitmaps in one page
@@ -204,7 +206,7 @@ class NonRootOperation:
         # the VMX-preemption timer (SDM Vol.3C 26.5.1): it counts down each time TSC bit X changes
         self.timer_shift = caps.preemption_timer_rate
         self.timer_deadline: int | None = None
-        if self.pin & PIN_BASED_CTLS.ACTIVATE_VMX_PREEMPTION_TIMER:
+        if self.pin & PIN.ACTIVATE_VMX_PREEMPTION_TIMER:
             value = v[F.VMX_PREEMPTION_TIMER_VALUE]
             self.timer_deadline = ((read_tsc(cpu) >> self.timer_shift) + value) << self.timer_shift
             clock = cpu.machine.clock
@@ -431,10 +433,10 @@ class NonRootOperation:
     def external_interrupt_exits(self, cpu: CPU) -> bool:
         """With "external-interrupt exiting", an interrupt exits instead of being delivered; with
         "acknowledge interrupt on exit" its vector goes into the exit interruption information."""
-        if not self.pin & PIN_BASED_CTLS.EXTERNAL_INTERRUPT_EXITING:
+        if not self.pin & PIN.EXTERNAL_INTERRUPT_EXITING:
             return False
         intc = cpu.machine.intc
-        if self.exit_controls & VM_EXIT_CTLS.ACKNOWLEDGE_INTERRUPT_ON_EXIT and intc is not None:
+        if self.exit_controls & EXIT.ACKNOWLEDGE_INTERRUPT_ON_EXIT and intc is not None:
             vector = intc.acknowledge()
             raise VmExitSignal(
                 ExitReason.EXTERNAL_INTERRUPT,
@@ -456,7 +458,7 @@ class NonRootOperation:
             raise VmExitSignal(ExitReason.VMX_PREEMPTION_TIMER_EXPIRED, 0)
         shadow = self._blocked_by_shadow(cpu)
         if cpu.nmi_pending and not cpu.nmi_blocked and not shadow:
-            if self.pin & PIN_BASED_CTLS.NMI_EXITING:
+            if self.pin & PIN.NMI_EXITING:
                 cpu.nmi_pending = False
                 raise VmExitSignal(
                     ExitReason.EXCEPTION_OR_NMI,
@@ -470,7 +472,7 @@ class NonRootOperation:
             raise VmExitSignal(ExitReason.INTERRUPT_WINDOW, 0)
         intc = cpu.machine.intc
         if (
-            self.pin & PIN_BASED_CTLS.EXTERNAL_INTERRUPT_EXITING
+            self.pin & PIN.EXTERNAL_INTERRUPT_EXITING
             and intc is not None
             and intc.intr
             and not shadow
@@ -503,7 +505,7 @@ class NonRootOperation:
         exits despite IF = 0, still can.  Virtual time jumps to the next clock event."""
         clock = cpu.machine.clock
         wakes = self.timer_deadline is not None or (
-            self.pin & PIN_BASED_CTLS.EXTERNAL_INTERRUPT_EXITING and clock.deadline_icount < clock.NEVER
+            self.pin & PIN.EXTERNAL_INTERRUPT_EXITING and clock.deadline_icount < clock.NEVER
         )
         if not wakes:
             return False

@@ -40,7 +40,7 @@ from ..cpu.state import (
     CR4_PAE,
     ESP,
 )
-from .controls import SECONDARY_PROC_BASED_CTLS, VM_ENTRY_CTLS, VM_EXIT_CTLS
+from .controls import SECONDARY_PROC_BASED_CTLS, VM_ENTRY_CTLS, VM_EXIT_CTLS, bits
 from .fields import (
     GUEST_ACCESS_RIGHTS,
     GUEST_BASE,
@@ -55,6 +55,10 @@ from .guest_state import ActivityState, Interruptibility
 if TYPE_CHECKING:
     from ..cpu.core import CPU
     from .vmcs import Vmcs
+
+ENTRY = bits(VM_ENTRY_CTLS)
+EXIT = bits(VM_EXIT_CTLS)
+SECONDARY = bits(SECONDARY_PROC_BASED_CTLS)
 
 F = VmcsField
 LDTR, TR = 6, 7
@@ -97,12 +101,12 @@ def load_guest_state(cpu: CPU, vmcs: Vmcs, secondary: int, injecting: bool) -> N
     cpu.cr0 = (v[F.GUEST_CR0] & CR0_DEFINED) | CR0_ET  # ET is hardwired on this processor
     cpu.cr3 = v[F.GUEST_CR3]
     cpu.cr4 = v[F.GUEST_CR4]
-    if entry & VM_ENTRY_CTLS.LOAD_DEBUG_CONTROLS:
+    if entry & ENTRY.LOAD_DEBUG_CONTROLS:
         cpu.dr[7] = (v[F.GUEST_DR7] & DR7_WRITABLE) | DR7_FIXED1
     cpu.msr[MSR_SYSENTER_CS] = v[F.GUEST_IA32_SYSENTER_CS]
     cpu.msr[MSR_SYSENTER_ESP] = v[F.GUEST_IA32_SYSENTER_ESP]
     cpu.msr[MSR_SYSENTER_EIP] = v[F.GUEST_IA32_SYSENTER_EIP]
-    if entry & VM_ENTRY_CTLS.LOAD_IA32_EFER:
+    if entry & ENTRY.LOAD_IA32_EFER:
         cpu.efer = v[F.GUEST_IA32_EFER]
     # 27.3.2.2 segment and descriptor-table registers
     for i in range(6):
@@ -123,7 +127,7 @@ def load_guest_state(cpu: CPU, vmcs: Vmcs, secondary: int, injecting: bool) -> N
     cpu.tlb_flush(all_entries=True)
     # 27.3.2.4 PDPTEs: PAE paging without IA-32e mode: from the VMCS with EPT, else from guest CR3
     if cpu.cr0 & CR0_PG and cpu.cr4 & CR4_PAE:
-        if secondary & SECONDARY_PROC_BASED_CTLS.ENABLE_EPT:
+        if secondary & SECONDARY.ENABLE_EPT:
             cpu.pdptes = [v[f] for f in GUEST_PDPTE]
         else:
             load_pdptes(cpu)  # checked already (guest_pdptes), cannot fault
@@ -183,12 +187,12 @@ def save_guest_state(cpu: CPU, vmcs: Vmcs, ept: bool, timer_value: int | None) -
     v[F.GUEST_CR0] = cpu.cr0
     v[F.GUEST_CR3] = cpu.cr3
     v[F.GUEST_CR4] = cpu.cr4
-    if exit_ctls & VM_EXIT_CTLS.SAVE_DEBUG_CONTROLS:
+    if exit_ctls & EXIT.SAVE_DEBUG_CONTROLS:
         v[F.GUEST_DR7] = cpu.dr[7]
     v[F.GUEST_IA32_SYSENTER_CS] = cpu.msr.get(MSR_SYSENTER_CS, 0)
     v[F.GUEST_IA32_SYSENTER_ESP] = cpu.msr.get(MSR_SYSENTER_ESP, 0)
     v[F.GUEST_IA32_SYSENTER_EIP] = cpu.msr.get(MSR_SYSENTER_EIP, 0)
-    if exit_ctls & VM_EXIT_CTLS.SAVE_IA32_EFER:
+    if exit_ctls & EXIT.SAVE_IA32_EFER:
         v[F.GUEST_IA32_EFER] = cpu.efer
     # 28.3.2 segment and descriptor-table registers (unusable = bit 16 of the access rights)
     for i in range(6):
@@ -224,7 +228,7 @@ def save_guest_state(cpu: CPU, vmcs: Vmcs, ept: bool, timer_value: int | None) -
         state |= Interruptibility.BLOCKING_BY_NMI
     v[F.GUEST_INTERRUPTIBILITY_STATE] = state
     v[F.GUEST_PENDING_DEBUG_EXCEPTIONS] = 0
-    if timer_value is not None and exit_ctls & VM_EXIT_CTLS.SAVE_VMX_PREEMPTION_TIMER_VALUE:
+    if timer_value is not None and exit_ctls & EXIT.SAVE_VMX_PREEMPTION_TIMER_VALUE:
         v[F.VMX_PREEMPTION_TIMER_VALUE] = timer_value
 
 
@@ -244,7 +248,7 @@ def load_host_state(cpu: CPU, vmcs: Vmcs) -> int:
     cpu.msr[MSR_SYSENTER_CS] = v[F.HOST_IA32_SYSENTER_CS]
     cpu.msr[MSR_SYSENTER_ESP] = v[F.HOST_IA32_SYSENTER_ESP]
     cpu.msr[MSR_SYSENTER_EIP] = v[F.HOST_IA32_SYSENTER_EIP]
-    if exit_ctls & VM_EXIT_CTLS.LOAD_IA32_EFER:
+    if exit_ctls & EXIT.LOAD_IA32_EFER:
         cpu.efer = v[F.HOST_IA32_EFER]
     # 28.5.2 segment and descriptor-table registers
     for i, f in enumerate(HOST_SELECTOR):

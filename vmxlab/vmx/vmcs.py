@@ -188,6 +188,9 @@ class Vmcs:
         return self.values.get(f, 0)
 
     def __setitem__(self, f: VmcsField, value: int) -> None:
+        # int(): a VMM may write IntFlag controls; stored as IntFlag, every later ``ctl & bit`` on the VM
+        # entry/exit path would run enum's Python-level __and__ (docs/speed.md)
+        value = int(value)
         self.values[f] = value & _WIDTH_MASKS.get(f) if f in _WIDTH_MASKS else value & width_mask(f)
         self.written.add(f)
 
@@ -232,6 +235,7 @@ class Vmcs:
             # IA32_VMX_MISC bit 29 = 0: VM-exit information fields are read-only
             return VmInstructionError.VMWRITE_TO_READ_ONLY_VMCS_COMPONENT
         base = encoding & ~ACCESS_HIGH
+        value = int(value)  # a plain int even when the VMM passes IntFlag controls (see __setitem__)
         if is_high_access(encoding):
             old = self.values.get(base, 0)
             self.values[base] = (old & 0xFFFFFFFF) | (value & 0xFFFFFFFF) << 32
