@@ -38,6 +38,7 @@ class RunOptions:
     max_instructions: int | None = None
     timeout: float | None = None
     engine: str = "fast"
+    block_cache: int | None = None  # bound on the software CPU's block cache (None: the default)
     backend: str = "emu"
     cmdline: str = ""
     echo: bool = True
@@ -189,6 +190,18 @@ def detect_format(data: bytes, opts: RunOptions) -> str:
     return "flat"
 
 
+def set_block_cache(backend, max_blocks: int | None) -> None:
+    """Apply ``--block-cache``: it bounds the software CPU's translations, so it means nothing on kvm."""
+    if max_blocks is None:
+        return
+    if max_blocks < 1:
+        raise UserError(f"--block-cache {max_blocks}: must be at least 1")
+    cpu = getattr(backend, "cpu", None)
+    if cpu is None:
+        raise UserError("--block-cache applies to the software CPU (--backend emu), not to kvm")
+    cpu.blocks.max_blocks = max_blocks
+
+
 def make_backend(machine: Machine, opts: RunOptions):
     if opts.vmx:
         if opts.backend not in ("emu", "auto"):
@@ -245,6 +258,7 @@ def run_image(opts: RunOptions) -> RunResult:
     machine = build_machine(opts)
     entry = load_image(machine, opts, data)
     backend = make_backend(machine, opts)
+    set_block_cache(backend, opts.block_cache)
     backend.apply_entry(entry)
     tracer = make_tracer(opts, backend)
     uart = machine.devices.get("com1") if opts.serial_stdin else None

@@ -24,6 +24,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds of wall-clock time")
     p.add_argument("--engine", default="fast", choices=["fast", "interp"],
                    help="software CPU engine: fast (hot blocks compiled) or interp (closures only)")
+    p.add_argument("--block-cache", type=int, metavar="N",
+                   help="software CPU: cache at most N translated blocks; when full the cache is dropped and "
+                        "refilled (default 16384, ~110 MiB)")
     p.add_argument("--backend", default="emu", choices=["emu", "kvm", "auto"],
                    help="emu: the software CPU; kvm: /dev/kvm; auto: kvm when usable")
     p.add_argument("--cmdline", default="", help="multiboot command line")
@@ -56,7 +59,7 @@ def options_from_args(args: argparse.Namespace, echo: bool = True) -> RunOptions
         load=parse_int(args.load, "--load") if args.load else None,
         entry=args.entry, stack=parse_int(args.stack, "--stack") if args.stack else None,
         mem_mib=args.mem, max_instructions=args.max_instructions, timeout=args.timeout,
-        engine=args.engine, backend=args.backend, cmdline=args.cmdline, echo=echo,
+        engine=args.engine, block_cache=args.block_cache, backend=args.backend, cmdline=args.cmdline, echo=echo,
         wall_clock=args.wall_clock, defines=defines,
         serial_stdin=args.serial == "stdio", vmx=args.vmx, policy=args.policy, exits=args.exits,
         trace_path=args.trace, trace_format=args.trace_format,
