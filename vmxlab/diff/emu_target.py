@@ -43,7 +43,6 @@ from .outcome import EXIT_PAGE_ACCESS, Fault, Outcome
 from .program import Program
 
 # 32-bit paging entry bits (SDM Vol.3A 4.3, Table 4-5/4-6)
-_P, _RW, _US = 1, 2, 4
 
 _GDT = {
     L.SEL_KCODE: 0x00CF9B000000FFFF,  # 32-bit code, DPL 0
@@ -118,13 +117,8 @@ class EmuTarget:
         for v in range(32):
             w(L.HANDLERS + L.HANDLER_STRIDE * v, L.HANDLER_STUB)
         pd, pt = L.PAGE_TABLES, L.PAGE_TABLES + L.PAGE
-        w(pd, struct.pack("<I", pt | _P | _RW | _US).ljust(L.PAGE, b"\0"))
-        entries = [0] * 1024
-        for page in range(0, L.SUPERVISOR_LIMIT, L.PAGE):
-            entries[page >> 12] = page | _P | _RW
-        for la, (pa, writable) in L.USER_PAGES.items():
-            entries[la >> 12] = pa | _P | _US | (_RW if writable else 0)
-        w(pt, struct.pack("<1024I", *entries))
+        w(pd, struct.pack("<I", pt | L.PTE_TABLE).ljust(L.PAGE, b"\0"))
+        w(pt, struct.pack("<1024I", *L.page_table_entries(1024)))
         self.cr3 = pd
 
     def enter_user_mode(self, regs: tuple[int, ...], eflags: int, eip: int) -> None:

@@ -58,7 +58,6 @@ from .outcome import EXIT_PAGE_ACCESS, Fault, Outcome
 from .program import Program
 
 # 4-level paging entry bits (SDM Vol.3A 4.5, Table 4-15 .. 4-20)
-_P, _RW, _US = 1, 2, 4
 
 _GDT = {
     L.SEL_KCODE: 0x00AF9B000000FFFF,  # 64-bit code, DPL 0
@@ -124,15 +123,10 @@ class KvmTarget:
         for v in range(32):
             w(L.HANDLERS + L.HANDLER_STRIDE * v, L.HANDLER_STUB)
         pml4, pdpt, pd, pt = (L.PAGE_TABLES + i * L.PAGE for i in range(4))
-        w(pml4, struct.pack("<Q", pdpt | _P | _RW | _US))
-        w(pdpt, struct.pack("<Q", pd | _P | _RW | _US))
-        w(pd, struct.pack("<Q", pt | _P | _RW | _US))
-        entries = [0] * 512
-        for page in range(0, L.SUPERVISOR_LIMIT, L.PAGE):
-            entries[page >> 12] = page | _P | _RW
-        for la, (pa, writable) in L.USER_PAGES.items():
-            entries[la >> 12] = pa | _P | _US | (_RW if writable else 0)
-        w(pt, struct.pack("<512Q", *entries))
+        w(pml4, struct.pack("<Q", pdpt | L.PTE_TABLE))
+        w(pdpt, struct.pack("<Q", pd | L.PTE_TABLE))
+        w(pd, struct.pack("<Q", pt | L.PTE_TABLE))
+        w(pt, struct.pack("<512Q", *L.page_table_entries(512)))
         self.cr3 = pml4
 
     def _user_sregs(self) -> s.KvmSregs:

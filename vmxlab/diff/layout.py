@@ -49,6 +49,21 @@ USER_PAGES: dict[int, tuple[int, bool]] = {
 }
 SUPERVISOR_LIMIT = 0x100000  # [0, 1 MiB) is mapped present, supervisor, writable on both targets
 
+#: page-table entry bits, the same in 32-bit and 4-level paging (SDM Vol.3A 4.3 Table 4-6, 4.5 Table 4-19)
+PTE_P, PTE_RW, PTE_US = 1, 2, 4
+PTE_TABLE = PTE_P | PTE_RW | PTE_US  # a non-leaf entry allows everything: the leaf decides
+
+
+def page_table_entries(count: int) -> list[int]:
+    """The one last-level page table both targets map the first 2 MiB with (``count`` = 1024 32-bit or
+    512 64-bit entries): one source, so the two CPUs see the same permissions on every page."""
+    entries = [0] * count
+    for page in range(0, SUPERVISOR_LIMIT, PAGE):
+        entries[page >> 12] = page | PTE_P | PTE_RW
+    for la, (pa, writable) in USER_PAGES.items():
+        entries[la >> 12] = pa | PTE_P | PTE_US | (PTE_RW if writable else 0)
+    return entries
+
 #: compared pages (the sequence may write them)
 COMPARED = (DATA, STACK)
 
