@@ -426,18 +426,14 @@ class CPU:
             if size == 2:
                 return U16.unpack_from(self.ram, p | off)[0]
             return U64.unpack_from(self.ram, p | off)[0]
-        acc = ACC_WRITE | (PF_U if user else 0)
-        if off + size > 0x1000:
-            split = 0x1000 - off
-            pa1 = self.translate(la, acc)
-            pa2 = self.translate((la + split) & M32, acc)
-            data = self.memory.read_bytes(pa1, split) + self.memory.read_bytes(pa2, size - split)
-            return int.from_bytes(data, "little")
-        return self.memory.read(self.translate(la, acc), size)
+        return self.lread_slow(la, size, user, ACC_WRITE)
 
-    def lread_slow(self, la: int, size: int, user: bool) -> int:
-        """TLB miss, page-crossing or non-RAM load: translate (may #PF), fill the TLB, load."""
-        acc = ACC_READ | (PF_U if user else 0)
+    def lread_slow(self, la: int, size: int, user: bool, intent: int = ACC_READ) -> int:
+        """TLB miss, page-crossing or non-RAM load: translate (may #PF), fill the TLB, load.
+
+        ``intent`` ACC_WRITE is :meth:`lread_rmw`'s load: translated as a write; it fills no TLB (the
+        write TLB is filled by the store, which also handles code pages)."""
+        acc = intent | (PF_U if user else 0)
         if (la & 0xFFF) + size > 0x1000:
             # SDM Vol.3A 4.10: both pages are translated (and may fault) before the access completes
             split = 0x1000 - (la & 0xFFF)
@@ -447,7 +443,7 @@ class CPU:
             hi = self.memory.read_bytes(pa2, size - split)
             return int.from_bytes(lo + hi, "little")
         pa = self.translate(la, acc)
-        if (pa >> 12) < self.ram_pages:
+        if intent == ACC_READ and (pa >> 12) < self.ram_pages:
             (self.tlb_ur if user else self.tlb_sr)[la >> 12] = pa & ~0xFFF
         return self.memory.read(pa, size)
 
